@@ -1,0 +1,452 @@
+"""The Uploadcare status client: one status request, signed, classified.
+
+This module holds no scheduling state. ``UpstreamClient.status`` sends one logical request
+(with at most two quick in-request retries of a failed connection) and turns whatever
+happened into an ``Observation``; what to do next (poll again, pause, back off) is the
+scheduler's decision.
+
+Secrets: the secret key lives only in a private attribute. It is never part of a repr,
+an exception, an ``Observation`` or a log line; error texts Uploadcare sends back are
+scrubbed of it, because simple-auth error messages can echo what the caller sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+from typing import Any, Final, Literal, TypeAlias
+
+import aiohttp
+import structlog
+from aiohttp_retry import ExponentialRetry, RetryClient
+from yarl import URL
+
+__all__ = [
+    "ACCEPT",
+    "DEFAULT_RETRY_AFTER",
+    "MAX_BODY_BYTES",
+    "TERMINAL_STATUSES",
+    "AuthScheme",
+    "Garbage",
+    "Kind",
+    "NotFound",
+    "Observation",
+    "Rejected",
+    "RequestHook",
+    "Status",
+    "StatusValue",
+    "Throttled",
+    "Transient",
+    "UpstreamClient",
+    "parse_retry_after",
+    "parse_status_body",
+    "sign",
+]
+
+Kind: TypeAlias = Literal["video", "document"]
+StatusValue: TypeAlias = Literal["pending", "processing", "finished", "failed", "canceled"]
+AuthScheme: TypeAlias = Literal["signed", "simple"]
+RequestHook: TypeAlias = Callable[[str, float], None]
+
+ACCEPT: Final = "application/vnd.uploadcare-v0.7+json"
+SIGNED_CONTENT_TYPE: Final = "application/json"
+# Uploadcare's status answers are a few hundred bytes; anything near this is not one.
+MAX_BODY_BYTES: Final = 64 * 1024
+DEFAULT_RETRY_AFTER: Final = 15.0
+DETAIL_MAX_CHARS: Final = 200
+REDACTED: Final = "***"
+
+# In-request retries are for a connection that failed before any answer; they must stay
+# short, since anything longer is the scheduler's business (it backs off durably).
+RETRY_ATTEMPTS: Final = 3  # the first try and at most two retries
+RETRY_START: Final = 0.05  # ExponentialRetry waits start * 2**n: 0.1 s, then 0.2 s
+RETRY_MAX_WAIT: Final = 0.2
+
+_STATUS_VALUES: Final[dict[str, StatusValue]] = {
+    "pending": "pending",
+    "processing": "processing",
+    "finished": "finished",
+    "failed": "failed",
+    "canceled": "canceled",
+    # The API's schema spells it this way while its prose says "canceled".
+    "cancelled": "canceled",
+}
+TERMINAL_STATUSES: Final = frozenset({"finished", "failed", "canceled"})
+_REJECTED_CODES: Final = frozenset({400, 401, 403, 406})
+_KIND_FEATURE: Final = re.compile(r"\b(video|document)\s+conversion\b", re.IGNORECASE)
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]+")
+_RETRY_AFTER_SECONDS: Final = re.compile(r"\d+(?:\.\d+)?")
+
+_log = structlog.get_logger(__name__)
+
+
+# --- Observations: what one status request found out -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A well-formed 200: the conversion's status (``cancelled`` read as ``canceled``)."""
+
+    status: StatusValue
+    error: str | None
+    result: dict[str, Any] | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    """404: Uploadcare does not know this (kind, token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """429: send nothing upstream for ``retry_after`` seconds (never negative)."""
+
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """400, 401, 403 or 406: credentials or request format are wrong, not the job.
+
+    ``kind`` is set when a 400 names one kind's feature ("Video conversion feature is not
+    available for this project."), so only that kind needs pausing. ``detail`` is
+    Uploadcare's text, scrubbed of the secret key and truncated.
+    """
+
+    code: int
+    detail: str
+    kind: Kind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transient:
+    """Worth trying again later: 5xx, timeout, connection error, unexpected status."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage:
+    """A 200 whose body is not the expected JSON."""
+
+    reason: str
+
+
+Observation: TypeAlias = Status | NotFound | Throttled | Rejected | Transient | Garbage
+
+
+# --- Pure helpers ------------------------------------------------------------------------
+
+
+def sign(secret_key: str, method: str, body: bytes, content_type: str, date: str, uri: str) -> str:
+    """Hex HMAC-SHA1 of Uploadcare's string to sign.
+
+    ``METHOD\\nmd5hex(body)\\nContent-Type\\nDate\\nURI``, URI being path plus query.
+    """
+    string_to_sign = "\n".join(
+        (method.upper(), hashlib.md5(body).hexdigest(), content_type, date, uri)
+    )
+    return hmac.new(
+        secret_key.encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha1
+    ).hexdigest()
+
+
+def parse_retry_after(value: str | None, now: float) -> float:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date).
+
+    ``now`` is the current Unix time, for HTTP-dates. A date in the past gives 0; a missing
+    or unparseable value gives ``DEFAULT_RETRY_AFTER``.
+    """
+    if value is None:
+        return DEFAULT_RETRY_AFTER
+    value = value.strip()
+    if _RETRY_AFTER_SECONDS.fullmatch(value):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else DEFAULT_RETRY_AFTER
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return DEFAULT_RETRY_AFTER
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means no zone was given
+        return DEFAULT_RETRY_AFTER
+    return max(0.0, when.timestamp() - now)
+
+
+def parse_status_body(body: bytes) -> Status | Garbage:
+    """A 200 body as ``Status``, or ``Garbage`` saying what is wrong with it."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return Garbage("body is not JSON")
+    if not isinstance(data, dict):
+        return Garbage("body is not a JSON object")
+    raw_status = data.get("status")
+    if not isinstance(raw_status, str) or raw_status not in _STATUS_VALUES:
+        return Garbage("unknown or missing status")
+    error = data.get("error")
+    if error is not None and not isinstance(error, str):
+        return Garbage("error is not a string or null")
+    result = data.get("result")
+    if result is not None and not isinstance(result, dict):
+        return Garbage("result is not an object or null")
+    return Status(status=_STATUS_VALUES[raw_status], error=error, result=result)
+
+
+def _redact(text: str, secret: str) -> str:
+    # An empty secret would "occur" between every two characters.
+    return text.replace(secret, REDACTED) if secret else text
+
+
+def _error_detail(body: bytes, secret: str) -> str:
+    """A short, single-line, secret-free rendering of an error body."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("detail"), str):
+        text = data["detail"]
+    # Redact before truncating, so a secret cut in two by truncation cannot leak a part.
+    text = _CONTROL_CHARS.sub(" ", _redact(text, secret)).strip()
+    if len(text) > DETAIL_MAX_CHARS:
+        text = text[: DETAIL_MAX_CHARS - 1] + "…"
+    return text
+
+
+def _kind_named(detail: str) -> Kind | None:
+    kinds = {m.lower() for m in _KIND_FEATURE.findall(detail)}
+    if kinds == {"video"}:
+        return "video"
+    if kinds == {"document"}:
+        return "document"
+    return None
+
+
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None when it is longer than ``limit`` bytes (reading stops there)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await response.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+
+
+# --- The client --------------------------------------------------------------------------
+
+
+class _ConnectionFailed(aiohttp.ClientConnectionError):
+    """A connection failed before any answer; the only thing retried within a request.
+
+    Raised by the attempt middleware in place of aiohttp's own exception: aiohttp silently
+    resends an idempotent request once after a reset, which would hide a request from the
+    metrics hook and exceed the retry budget, and it does not resend this class.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause_name = type(cause).__name__
+
+
+class _Attempts:
+    """Reports every HTTP request of one ``status`` call to the hook, exactly once each."""
+
+    def __init__(self, hook: RequestHook | None) -> None:
+        self._hook = hook
+        self._open_since: float | None = None
+        self.last_failure: str | None = None  # a Transient reason for the latest failed try
+
+    async def middleware(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        self._open_since = time.monotonic()
+        try:
+            return await handler(request)
+        except TimeoutError:  # ServerTimeoutError is a ClientConnectionError too: test first
+            self.finish("timeout")
+            self.last_failure = "timeout"
+            raise
+        except aiohttp.ClientConnectionError as exc:
+            self.finish("error")
+            self.last_failure = f"connection error: {type(exc).__name__}"
+            raise _ConnectionFailed(exc) from exc
+        except aiohttp.ClientError as exc:
+            self.finish("error")
+            self.last_failure = f"connection error: {type(exc).__name__}"
+            raise
+        # CancelledError leaves the attempt open: the caller knows whether it was our
+        # deadline (a timeout) or someone else's cancellation.
+
+    @property
+    def open(self) -> bool:
+        return self._open_since is not None
+
+    def finish(self, code: str) -> None:
+        if self._open_since is None:
+            return
+        duration = time.monotonic() - self._open_since
+        self._open_since = None
+        if self._hook is None:
+            return
+        try:
+            self._hook(code, duration)
+        except Exception:  # a metrics hook must never break polling
+            _log.exception("upstream_request_hook_failed", code=code)
+
+
+class UpstreamClient:
+    """Asks Uploadcare for the status of one conversion and classifies the answer.
+
+    ``timeout`` bounds a whole ``status`` call, in-request retries included, so that a
+    lease longer than it always outlasts the call. ``on_request(code, seconds)`` is called
+    once for every HTTP request actually sent, retries included; ``code`` is the HTTP
+    status as a string, ``"timeout"`` or ``"error"``. A request abandoned because the
+    caller cancelled ``status`` is not reported. The session must have no ``base_url``
+    and no ``raise_for_status``; it is shared and never closed here.
+    """
+
+    __slots__ = (
+        "_auth",
+        "_base_url",
+        "_now",
+        "_on_request",
+        "_public_key",
+        "_retry",
+        "_secret_key",
+        "_session",
+        "_timeout",
+        "_user_agent",
+    )
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        public_key: str,
+        secret_key: str,
+        auth: AuthScheme = "signed",
+        timeout: float = 10.0,
+        user_agent: str,
+        on_request: RequestHook | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        if auth not in ("signed", "simple"):
+            raise ValueError("auth must be 'signed' or 'simple'")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._public_key = public_key
+        self._secret_key = secret_key
+        self._auth: AuthScheme = auth
+        self._timeout = timeout
+        self._user_agent = user_agent
+        self._on_request = on_request
+        self._now = now  # wall clock, for the Date header and HTTP-date Retry-After
+        self._retry = RetryClient(
+            client_session=session,
+            retry_options=ExponentialRetry(
+                attempts=RETRY_ATTEMPTS,
+                start_timeout=RETRY_START,
+                max_timeout=RETRY_MAX_WAIT,
+                factor=2.0,
+                statuses=set(),
+                exceptions={_ConnectionFailed},
+                retry_all_server_errors=False,  # 5xx is rescheduled durably, not here
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamClient(base_url={self._base_url!r}, public_key={self._public_key!r}, "
+            f"auth={self._auth!r}, timeout={self._timeout!r})"
+        )
+
+    def _headers(self, uri: str) -> dict[str, str]:
+        headers = {"Accept": ACCEPT, "User-Agent": self._user_agent}
+        if self._auth == "simple":
+            headers["Authorization"] = f"Uploadcare.Simple {self._public_key}:{self._secret_key}"
+        else:
+            date = formatdate(self._now(), usegmt=True)
+            signature = sign(self._secret_key, "GET", b"", SIGNED_CONTENT_TYPE, date, uri)
+            headers["Date"] = date
+            headers["Content-Type"] = SIGNED_CONTENT_TYPE
+            headers["Authorization"] = f"Uploadcare {self._public_key}:{signature}"
+        return headers
+
+    async def status(self, kind: Kind, token: int) -> Observation:
+        """One status request for (kind, token), classified. Never raises for I/O trouble."""
+        if kind not in ("video", "document"):
+            raise ValueError(f"unknown kind {kind!r}")
+        if isinstance(token, bool) or not isinstance(token, int) or token < 1:
+            raise ValueError("token must be a positive integer")
+        url = URL(f"{self._base_url}/convert/{kind}/status/{token}/")
+        attempts = _Attempts(self._on_request)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._send(url, attempts)
+        except TimeoutError:
+            if attempts.open:
+                attempts.finish("timeout")
+                return Transient("timeout")
+            # Either aiohttp's own timeout (already reported) or our deadline striking while
+            # waiting to retry, when the failure that led to the retry is the better reason.
+            return Transient(attempts.last_failure or "timeout")
+        except _ConnectionFailed as exc:
+            return Transient(f"connection error: {exc.cause_name}")
+        except aiohttp.ClientError as exc:
+            attempts.finish("error")
+            return Transient(f"connection error: {type(exc).__name__}")
+
+    async def _send(self, url: URL, attempts: _Attempts) -> Observation:
+        async with self._retry.get(
+            url,
+            headers=self._headers(url.raw_path_qs),
+            # Per attempt; the asyncio.timeout around the call bounds all of them together.
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            # A redirect would carry credentials elsewhere and break the signature anyway.
+            allow_redirects=False,
+            middlewares=(attempts.middleware,),
+        ) as response:
+            try:
+                body = await _read_limited(response, MAX_BODY_BYTES)
+            except TimeoutError:
+                attempts.finish("timeout")
+                return Transient("timeout")
+            attempts.finish(str(response.status))
+            return self._classify(response.status, response.headers.get("Retry-After"), body)
+
+    def _classify(self, code: int, retry_after: str | None, body: bytes | None) -> Observation:
+        if code == 200:
+            if body is None:
+                return Garbage(f"body over {MAX_BODY_BYTES} bytes")
+            return parse_status_body(body)
+        if code == 404:
+            return NotFound()
+        if code == 429:
+            return Throttled(parse_retry_after(retry_after, self._now()))
+        if code in _REJECTED_CODES:
+            if body is None:
+                return Rejected(code=code, detail="error body too large")
+            detail = _error_detail(body, self._secret_key)
+            return Rejected(
+                code=code, detail=detail, kind=_kind_named(detail) if code == 400 else None
+            )
+        return Transient(f"http {code}")
