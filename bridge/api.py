@@ -1,0 +1,454 @@
+"""The HTTP API: handlers, validation, problem+json errors and bearer auth."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+
+from bridge import keys
+from bridge.model import KINDS, MAX_TOKEN, STATES, NewJob, compact_json, redact_url
+from bridge.netpolicy import PolicyViolation
+from bridge.openapi import document as openapi_document
+from bridge.store import Conflict, StoreError
+from bridge.store.base import decode_cursor, encode_cursor
+
+log = structlog.get_logger("bridge.api")
+
+MAX_BODY = 64 * 1024
+MAX_METADATA = 4 * 1024
+MAX_URL = 2048
+_FIELDS = frozenset({"token", "kind", "callback_url", "metadata"})
+_JOB_ID = re.compile(r"^job_[0-9a-z]{26}$")
+_DIGITS = re.compile(r"^[1-9][0-9]{0,15}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_MAX_INT_DIGITS = 4000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Problem(Exception):
+    """An RFC 9457 problem; raised anywhere in a handler, rendered by the middleware."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {
+            "type": "about:blank",
+            "title": HTTPStatus(self.status).phrase,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return web.Response(
+            status=self.status,
+            text=json.dumps(body),
+            content_type="application/problem+json",
+            headers=self.headers,
+        )
+
+
+def _invalid(errors: list[dict[str, str]]) -> NoReturn:
+    raise Problem(422, "the request is not valid; see errors", errors=errors)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(data, ensure_ascii=False),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+# -- middleware ------------------------------------------------------------------------------
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request id on every request and its log lines; problems and crashes as problem+json."""
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except Problem as problem:
+        response = problem.response()
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            response = Problem(exc.status, exc.reason, headers=headers).response()
+        else:
+            raise
+    except StoreError as exc:
+        log.error("store_unavailable", error=str(exc))
+        response = Problem(503, "the database is not available; try again").response()
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        response = Problem(500, "internal error; it has been logged").response()
+    response.headers["X-Request-Id"] = request_id
+    log.info(
+        "http_request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return response
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        tenant = request.app[keys.AUTH].tenant(request.headers.get("Authorization"))
+        if tenant is None:
+            raise Problem(
+                401,
+                "a valid 'Authorization: Bearer <secret>' header is required",
+                headers={"WWW-Authenticate": 'Bearer realm="uploadcare-bridge"'},
+            )
+        request[keys.TENANT] = tenant
+        structlog.contextvars.bind_contextvars(tenant=tenant)
+    return await handler(request)
+
+
+# -- registration ----------------------------------------------------------------------------
+
+
+class _TooManyDigits(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    # Python refuses to build ints of over 4300 digits; say so as a validation error.
+    if len(text) > _MAX_INT_DIGITS:
+        raise _TooManyDigits
+    return int(text)
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if request.content_type != "application/json":
+        raise Problem(415, "send the body as application/json")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise Problem(413, f"the body is over {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(MAX_BODY + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise Problem(413, f"the body is over {MAX_BODY} bytes")
+    return b"".join(chunks)
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_int=_parse_int, parse_constant=_refuse_constant)
+    except _TooManyDigits:
+        _invalid([{"field": "", "message": "a number in the body has too many digits"}])
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(400, "the body is not valid JSON") from None
+
+
+def _token(value: Any, field: str = "token") -> tuple[int | None, str | None]:
+    message = f"{field} must be an integer from 1 to 2^53-1, as a number or a string of digits"
+    if isinstance(value, bool):
+        return None, message
+    if isinstance(value, int):
+        return (value, None) if 1 <= value <= MAX_TOKEN else (None, message)
+    if isinstance(value, str) and _DIGITS.match(value):
+        number = int(value)
+        return (number, None) if number <= MAX_TOKEN else (None, message)
+    return None, message
+
+
+def _callback_url(value: Any) -> str | None:
+    """A syntax problem with the URL, or None; the network policy is checked apart."""
+    if not isinstance(value, str):
+        return "callback_url must be a string"
+    if len(value) > MAX_URL:
+        return f"callback_url is over {MAX_URL} characters"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "callback_url is not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "callback_url must be an absolute http or https URL"
+    if any(c.isspace() or ord(c) < 0x20 for c in value):
+        return "callback_url must not contain whitespace or control characters"
+    return None
+
+
+async def _validate_registration(request: web.Request, tenant: str, data: Any) -> NewJob:
+    if not isinstance(data, dict):
+        _invalid([{"field": "", "message": "the body must be a JSON object"}])
+    errors: list[dict[str, str]] = []
+    for name in sorted(set(data) - _FIELDS):
+        errors.append({"field": name, "message": f"unknown field {name!r}"})
+
+    token: int | None = None
+    if "token" not in data:
+        errors.append({"field": "token", "message": "token is required"})
+    else:
+        token, message = _token(data["token"])
+        if message:
+            errors.append({"field": "token", "message": message})
+
+    kind = data.get("kind", "video")
+    if kind not in KINDS:
+        errors.append({"field": "kind", "message": "kind must be 'video' or 'document'"})
+
+    url = data.get("callback_url")
+    url_problem = "callback_url is required" if url is None else _callback_url(url)
+    if url_problem:
+        errors.append({"field": "callback_url", "message": url_problem})
+
+    metadata = data.get("metadata")
+    metadata_text: str | None = None
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            errors.append({"field": "metadata", "message": "metadata must be a JSON object"})
+        else:
+            metadata_text = compact_json(metadata)
+            if len(metadata_text.encode()) > MAX_METADATA:
+                errors.append(
+                    {
+                        "field": "metadata",
+                        "message": f"metadata is over {MAX_METADATA} bytes as compact JSON",
+                    }
+                )
+    if errors:
+        _invalid(errors)
+
+    assert isinstance(url, str) and token is not None
+    try:
+        await request.app[keys.POLICY].check_url(url)
+    except PolicyViolation as exc:
+        _invalid([{"field": "callback_url", "message": str(exc)}])
+    return NewJob(tenant=tenant, kind=kind, token=token, callback_url=url, metadata=metadata_text)
+
+
+def _location(job_id: str) -> dict[str, str]:
+    return {"Location": f"/v1/jobs/{job_id}"}
+
+
+async def register(request: web.Request) -> web.Response:
+    tenant = request[keys.TENANT]
+    data = _decode(await _read_body(request))
+    new = await _validate_registration(request, tenant, data)
+    settings = request.app[keys.SETTINGS]
+    now = request.app[keys.CLOCK]()
+    try:
+        job, created = await request.app[keys.STORE].register(
+            new,
+            now=now,
+            first_poll_at=now + settings.poll_initial_delay,
+            deadline_at=now + settings.job_deadline,
+        )
+    except Conflict as exc:
+        raise Problem(409, str(exc)) from None
+    if created:
+        request.app[keys.METRICS].jobs_registered.labels(job.kind).inc()
+        log.info(
+            "job_registered",
+            job_id=job.id,
+            kind=job.kind,
+            token=job.token,
+            callback_url=redact_url(job.callback_url),
+        )
+    return _json(job.to_api(), status=201 if created else 200, headers=_location(job.id))
+
+
+# -- reads and commands ----------------------------------------------------------------------
+
+
+def _job_id(request: web.Request) -> str:
+    job_id = request.match_info["job_id"]
+    if not _JOB_ID.match(job_id):
+        raise Problem(404, "no such job")
+    return job_id
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = await request.app[keys.STORE].get_job(request[keys.TENANT], _job_id(request))
+    if job is None:
+        raise Problem(404, "no such job")
+    return _json(job.to_api())
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[str], tuple[Any, str | None]]:
+    def parse(value: str) -> tuple[Any, str | None]:
+        if value in allowed:
+            return value, None
+        return None, f"{name} must be one of: {', '.join(allowed)}"
+
+    return parse
+
+
+def _limit(value: str) -> tuple[Any, str | None]:
+    if value.isdigit() and len(value) <= 3 and 1 <= int(value) <= 500:
+        return int(value), None
+    return None, "limit must be an integer from 1 to 500"
+
+
+def _cursor(value: str) -> tuple[Any, str | None]:
+    try:
+        return decode_cursor(value), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+# Query parameter -> (keyword for Store.list_jobs, parser giving (value, error)).
+_LIST_PARAMS: dict[str, tuple[str, Callable[[str], tuple[Any, str | None]]]] = {
+    "state": ("state", _choice("state", STATES)),
+    "kind": ("kind", _choice("kind", KINDS)),
+    "token": ("token", _token),
+    "limit": ("limit", _limit),
+    "cursor": ("before", _cursor),
+}
+
+
+def _list_filters(query: Any) -> dict[str, Any]:
+    errors: list[dict[str, str]] = []
+    out: dict[str, Any] = {"limit": 100}
+    for name in sorted(set(query)):
+        if name not in _LIST_PARAMS:
+            errors.append({"field": name, "message": f"unknown parameter {name!r}"})
+            continue
+        values = query.getall(name)
+        if len(values) > 1:
+            errors.append({"field": name, "message": f"{name} is given more than once"})
+            continue
+        keyword, parse = _LIST_PARAMS[name]
+        value, message = parse(values[0])
+        if message:
+            errors.append({"field": name, "message": message})
+        else:
+            out[keyword] = value
+    if errors:
+        _invalid(errors)
+    return out
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    filters = _list_filters(request.query)
+    jobs, next_position = await request.app[keys.STORE].list_jobs(request[keys.TENANT], **filters)
+    return _json(
+        {
+            "items": [j.to_api() for j in jobs],
+            "next_cursor": encode_cursor(next_position) if next_position is not None else None,
+        }
+    )
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    try:
+        found = await request.app[keys.STORE].cancel(
+            request[keys.TENANT], _job_id(request), now=request.app[keys.CLOCK]()
+        )
+    except Conflict as exc:
+        raise Problem(409, str(exc)) from None
+    if found is None:
+        raise Problem(404, "no such job")
+    job, changed = found
+    if changed:
+        log.info("job_canceled", job_id=job.id, kind=job.kind, token=job.token)
+    return _json(job.to_api())
+
+
+async def redeliver_job(request: web.Request) -> web.Response:
+    try:
+        job = await request.app[keys.STORE].redeliver(
+            request[keys.TENANT], _job_id(request), now=request.app[keys.CLOCK]()
+        )
+    except Conflict as exc:
+        raise Problem(409, str(exc)) from None
+    if job is None:
+        raise Problem(404, "no such job")
+    log.info("job_redelivery_requested", job_id=job.id, kind=job.kind, token=job.token)
+    request.app[keys.WAKE]()
+    return _json(job.to_api(), status=202)
+
+
+async def list_attempts(request: web.Request) -> web.Response:
+    attempts = await request.app[keys.STORE].attempts(request[keys.TENANT], _job_id(request))
+    if attempts is None:
+        raise Problem(404, "no such job")
+    return _json({"items": [a.to_api() for a in attempts]})
+
+
+async def signing_secrets(request: web.Request) -> web.Response:
+    secrets = await request.app[keys.SECRETS].for_tenant(request[keys.TENANT])
+    return _json({"secrets": secrets})
+
+
+# -- operational routes ----------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    upstream = request.app[keys.PAUSES].describe()
+    try:
+        await request.app[keys.STORE].ping()
+    except StoreError:
+        return _json({"status": "unavailable", "upstream": upstream}, status=503)
+    return _json({"status": "ready", "upstream": upstream})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[keys.METRICS]
+    # Gauges of the shared database are read at scrape time, so they cannot drift.
+    m.set_job_counts(await request.app[keys.STORE].count_by_state())
+    request.app[keys.SYNC_PAUSE_METRIC]()
+    return web.Response(
+        body=m.exposition(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/jobs", register)
+    app.router.add_get("/v1/jobs", list_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", get_job)
+    app.router.add_delete("/v1/jobs/{job_id}", cancel_job)
+    app.router.add_post("/v1/jobs/{job_id}/redeliver", redeliver_job)
+    app.router.add_get("/v1/jobs/{job_id}/attempts", list_attempts)
+    app.router.add_get("/v1/signing-secrets", signing_secrets)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)

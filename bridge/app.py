@@ -1,0 +1,124 @@
+"""The application factory: routes, and the resources that live as long as the app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+from aiohttp import web
+
+from bridge import api, keys
+from bridge.auth import Authenticator
+from bridge.logs import redactor
+from bridge.metrics import Metrics
+from bridge.netpolicy import NetworkPolicy
+from bridge.pacing import PauseBoard
+from bridge.settings import Settings
+from bridge.store import Store, open_store
+from bridge.webhooks import SecretBook
+
+log = structlog.get_logger("bridge.app")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    store: Store | None = None,
+    policy: NetworkPolicy | None = None,
+) -> web.Application:
+    """Build the app. A given ``store`` is used (and not closed) instead of opening one."""
+    app = web.Application(middlewares=[api.request_context, api.bearer_auth])
+    app[keys.SETTINGS] = settings
+    app[keys.CLOCK] = clock
+    app[keys.METRICS] = Metrics()
+    app[keys.AUTH] = Authenticator(settings.api_keys)
+    app[keys.POLICY] = policy or NetworkPolicy(allow=settings.callback_allow_networks)
+    pauses = PauseBoard(clock)
+    app[keys.PAUSES] = pauses
+    app[keys.WAKE] = lambda: None
+    app[keys.SYNC_PAUSE_METRIC] = lambda: _sync_pause_metric(app)
+    api.add_routes(app)
+    app.cleanup_ctx.append(_store_ctx(store))
+    app.cleanup_ctx.append(_secrets_ctx)
+    app.cleanup_ctx.append(_retention_ctx)
+    return app
+
+
+def _sync_pause_metric(app: web.Application) -> None:
+    gauge = app[keys.METRICS].upstream_paused
+    active = {p.reason for p in app[keys.PAUSES].active()}
+    for labels in list(gauge._metrics):
+        if labels[0] not in active:
+            gauge.labels(*labels).set(0)
+    for reason in active:
+        gauge.labels(reason).set(1)
+
+
+def _store_ctx(
+    given: Store | None,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if given is not None:
+            app[keys.STORE] = given
+            yield
+            return
+        store = await open_store(app[keys.SETTINGS].database)
+        app[keys.STORE] = store
+        try:
+            yield
+        finally:
+            await store.close()
+
+    return ctx
+
+
+async def _secrets_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    book = SecretBook(
+        settings.webhook_secrets,
+        app[keys.STORE],
+        app[keys.CLOCK],
+        on_generated=lambda secret: redactor.add([secret]),
+    )
+    app[keys.SECRETS] = book
+    # Every tenant gets its secret at first start, so receivers can be configured up front.
+    for a, b in await book.shared_between(settings.tenants):
+        log.warning(
+            "webhook_secret_shared",
+            tenants=[a, b],
+            message=f"tenants {a!r} and {b!r} share a webhook signing secret, so each can forge "
+            "callbacks to the other; give each its own with tenant:whsec_... entries",
+        )
+    yield
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_retention_loop(app), name="retention")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def purge_once(app: web.Application) -> int:
+    settings = app[keys.SETTINGS]
+    removed = await app[keys.STORE].purge_ended(before=app[keys.CLOCK]() - settings.retention)
+    if removed:
+        log.info("jobs_purged", count=removed, retention_s=settings.retention)
+    return removed
+
+
+async def _retention_loop(app: web.Application) -> None:
+    # Often enough that nothing outlives retention by more than a quarter of it (at most a minute).
+    interval = min(60.0, app[keys.SETTINGS].retention / 4)
+    while True:
+        try:
+            await purge_once(app)
+        except Exception:
+            log.exception("retention_failed")
+        await asyncio.sleep(interval)

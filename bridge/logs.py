@@ -1,0 +1,110 @@
+"""structlog setup: JSON lines on stdout, and no secret in any of them."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_SENSITIVE_KEYS = frozenset({"authorization", "password", "secret", "api_key", "dsn"})
+REDACTED = "***"
+
+
+class Redactor:
+    """Replaces every known secret, URL user-info and sensitive key in an event with ``***``.
+
+    Secrets are registered as they become known (configuration at start, generated signing
+    secrets when first made), so the set can only grow.
+    """
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, secrets: Iterable[str]) -> None:
+        fresh = {s for s in secrets if len(s) >= 4} - self._secrets
+        if fresh:
+            self._secrets |= fresh
+            ordered = sorted(self._secrets, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+    def text(self, value: str) -> str:
+        if self._pattern is not None:
+            value = self._pattern.sub(REDACTED, value)
+        return _USERINFO.sub(REDACTED + "@", value)
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if str(k).lower() in _SENSITIVE_KEYS else self.value(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        if isinstance(value, BaseException):
+            return self.text(repr(value))
+        return value
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        for key in list(event):
+            if key.lower() in _SENSITIVE_KEYS:
+                event[key] = REDACTED
+            else:
+                event[key] = self.value(event[key])
+        return event
+
+
+redactor = Redactor()
+
+
+def _drop_color_message(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    event.pop("color_message", None)
+    return event
+
+
+def configure(fmt: str = "json", level: str = "info", secrets: Iterable[str] = ()) -> None:
+    """Route structlog and the standard library's logging to stdout through one pipeline."""
+    redactor.add(secrets)
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_color_message,
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    tail: list[Processor] = [structlog.processors.format_exc_info, redactor, renderer]
+    structlog.configure(
+        processors=[*shared, *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric)
+    # aiohttp's access log is replaced by our own request event.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def get(name: str = "bridge") -> Any:
+    return structlog.get_logger(name)

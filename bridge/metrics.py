@@ -1,0 +1,105 @@
+"""Every Prometheus collector, in one place, on a registry of the app's own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from bridge import __version__
+from bridge.model import KINDS, OUTCOMES, STATES
+
+# Upstream answers in tens of milliseconds to seconds; callbacks up to the 15 s timeout.
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
+# From an outcome to the receiver: sub-second when all is well, hours through retries.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+CALLBACK_RESULTS = ("success", "http_error", "timeout", "connection_error", "blocked")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.build_info = Gauge(
+            "bridge_build_info", "The running version (always 1).", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+        self.jobs_registered = Counter(
+            "bridge_jobs_registered",
+            "New jobs (an idempotent repeat is not one).",
+            ["kind"],
+            registry=r,
+        )
+        self.jobs = Gauge(
+            "bridge_jobs",
+            "Jobs in the database by state; every replica reports the whole database.",
+            ["state"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "bridge_outcomes", "Outcomes recorded, per job.", ["kind", "outcome"], registry=r
+        )
+        self.upstream_requests = Counter(
+            "bridge_upstream_requests",
+            "HTTP requests sent to Uploadcare, by status code, 'timeout' or 'error'.",
+            ["code"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "bridge_upstream_request_duration_seconds",
+            "Duration of upstream requests.",
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.upstream_throttled = Counter(
+            "bridge_upstream_throttled", "429 answers from Uploadcare.", registry=r
+        )
+        self.upstream_paused = Gauge(
+            "bridge_upstream_paused",
+            "1 while polling is paused for that reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.callback_attempts = Counter(
+            "bridge_callback_attempts", "Callback attempts by result.", ["result"], registry=r
+        )
+        self.callback_duration = Histogram(
+            "bridge_callback_duration_seconds",
+            "Duration of callback attempts.",
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "bridge_deliveries", "Rounds of attempts by how they ended.", ["outcome"], registry=r
+        )
+        self.notification_latency = Histogram(
+            "bridge_notification_latency_seconds",
+            "From recording an outcome to the receiver's 2xx.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.scheduler_lag = Histogram(
+            "bridge_scheduler_lag_seconds",
+            "How late work starts after it is due.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        # Known label values start at zero, so rates and absent() behave from the first scrape.
+        for kind in KINDS:
+            self.jobs_registered.labels(kind)
+            for outcome in OUTCOMES:
+                self.outcomes.labels(kind, outcome)
+        for state in STATES:
+            self.jobs.labels(state).set(0)
+        for result in CALLBACK_RESULTS:
+            self.callback_attempts.labels(result)
+        for outcome in ("delivered", "undeliverable"):
+            self.deliveries.labels(outcome)
+
+    def set_job_counts(self, counts: dict[str, int]) -> None:
+        for state in STATES:
+            self.jobs.labels(state).set(counts.get(state, 0))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

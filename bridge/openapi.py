@@ -1,0 +1,302 @@
+"""The OpenAPI 3.1 document of the ``/v1`` API; a test holds it to the router."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from bridge import __version__
+from bridge.model import KINDS, MAX_TOKEN, OUTCOMES, STATES
+
+_TIME = {"type": "string", "format": "date-time"}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_JOB_ID = {"type": "string", "pattern": "^job_[0-9a-z]{26}$"}
+_TOKEN_IN = {
+    "oneOf": [
+        {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN},
+        {"type": "string", "pattern": "^[1-9][0-9]{0,15}$"},
+    ]
+}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+
+
+def _ok(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+_LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
+_JOB_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": _JOB_ID}
+_AUTH = {"401": _problem("missing or wrong bearer secret")}
+
+_SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "Registration": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["token", "callback_url"],
+        "properties": {
+            "token": _TOKEN_IN,
+            "kind": {"enum": list(KINDS), "default": "video"},
+            "callback_url": {"type": "string", "format": "uri", "maxLength": 2048},
+            "metadata": {
+                "type": ["object", "null"],
+                "description": "at most 4 KiB as compact UTF-8 JSON; echoed in the callback",
+            },
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": [
+            "id",
+            "kind",
+            "token",
+            "callback_url",
+            "metadata",
+            "state",
+            "outcome",
+            "upstream",
+            "delivery",
+            "created_at",
+            "updated_at",
+            "deadline_at",
+        ],
+        "properties": {
+            "id": _JOB_ID,
+            "kind": {"enum": list(KINDS)},
+            "token": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN},
+            "callback_url": {"type": "string", "description": "user-info shown as ***"},
+            "metadata": {"type": ["object", "null"]},
+            "state": {"enum": list(STATES)},
+            "outcome": {"enum": [*OUTCOMES, None]},
+            "upstream": {
+                "type": "object",
+                "required": [
+                    "status",
+                    "error",
+                    "result",
+                    "polls",
+                    "last_polled_at",
+                    "next_poll_at",
+                ],
+                "properties": {
+                    "status": {"type": ["string", "null"]},
+                    "error": {"type": ["string", "null"]},
+                    "result": {"type": ["object", "null"]},
+                    "polls": {"type": "integer", "minimum": 0},
+                    "last_polled_at": _TIME_OR_NULL,
+                    "next_poll_at": _TIME_OR_NULL,
+                },
+            },
+            "delivery": {
+                "type": "object",
+                "required": [
+                    "attempts",
+                    "last_attempt_at",
+                    "last_response_status",
+                    "last_error",
+                    "next_attempt_at",
+                    "delivered_at",
+                ],
+                "properties": {
+                    "attempts": {"type": "integer", "minimum": 0},
+                    "last_attempt_at": _TIME_OR_NULL,
+                    "last_response_status": {"type": ["integer", "null"]},
+                    "last_error": {"type": ["string", "null"]},
+                    "next_attempt_at": _TIME_OR_NULL,
+                    "delivered_at": _TIME_OR_NULL,
+                },
+            },
+            "created_at": _TIME,
+            "updated_at": _TIME,
+            "deadline_at": _TIME,
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "Attempts": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["n", "at", "duration_ms", "response_status", "error"],
+                    "properties": {
+                        "n": {"type": "integer", "minimum": 1},
+                        "at": _TIME,
+                        "duration_ms": {"type": "integer", "minimum": 0},
+                        "response_status": {"type": ["integer", "null"]},
+                        "error": {"type": ["string", "null"]},
+                    },
+                },
+            }
+        },
+    },
+    "SigningSecrets": {
+        "type": "object",
+        "required": ["secrets"],
+        "properties": {
+            "secrets": {"type": "array", "items": {"type": "string", "pattern": "^whsec_"}}
+        },
+    },
+}
+
+_PATHS: dict[str, Any] = {
+    "/v1/jobs": {
+        "post": {
+            "operationId": "registerJob",
+            "summary": "Register a conversion token and the URL to call when it ends",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Registration"}}
+                },
+            },
+            "responses": {
+                "201": _ok("registered", "Job", _LOCATION),
+                "200": _ok("the same registration was made before", "Job", _LOCATION),
+                "400": _problem("the body is not JSON"),
+                **_AUTH,
+                "409": _problem("registered with other metadata, or by another tenant"),
+                "413": _problem("the body is over 64 KiB"),
+                "415": _problem("the body is not application/json"),
+                "422": _problem("validation failed, the network policy included"),
+            },
+        },
+        "get": {
+            "operationId": "listJobs",
+            "summary": "This tenant's jobs, newest first",
+            "parameters": [
+                {"name": "state", "in": "query", "schema": {"enum": list(STATES)}},
+                {"name": "kind", "in": "query", "schema": {"enum": list(KINDS)}},
+                {
+                    "name": "token",
+                    "in": "query",
+                    "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,15}$"},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+                },
+                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _ok("a page of jobs", "JobList"),
+                **_AUTH,
+                "422": _problem("a bad filter"),
+            },
+        },
+    },
+    "/v1/jobs/{job_id}": {
+        "parameters": [_JOB_PARAM],
+        "get": {
+            "operationId": "getJob",
+            "responses": {"200": _ok("the job", "Job"), **_AUTH, "404": _problem("no such job")},
+        },
+        "delete": {
+            "operationId": "cancelJob",
+            "summary": "Stop tracking or delivering (the conversion itself goes on)",
+            "responses": {
+                "200": _ok("canceled", "Job"),
+                **_AUTH,
+                "404": _problem("no such job"),
+                "409": _problem("already delivered or undeliverable"),
+            },
+        },
+    },
+    "/v1/jobs/{job_id}/redeliver": {
+        "parameters": [_JOB_PARAM],
+        "post": {
+            "operationId": "redeliverJob",
+            "summary": "Send the same callback again, in a new round of attempts",
+            "responses": {
+                "202": _ok("a new round has started", "Job"),
+                **_AUTH,
+                "404": _problem("no such job"),
+                "409": _problem("the job is not delivered or undeliverable"),
+            },
+        },
+    },
+    "/v1/jobs/{job_id}/attempts": {
+        "parameters": [_JOB_PARAM],
+        "get": {
+            "operationId": "listAttempts",
+            "responses": {
+                "200": _ok("every callback attempt", "Attempts"),
+                **_AUTH,
+                "404": _problem("no such job"),
+            },
+        },
+    },
+    "/v1/signing-secrets": {
+        "get": {
+            "operationId": "getSigningSecrets",
+            "summary": "The secrets that sign this tenant's callbacks",
+            "responses": {"200": _ok("the secrets", "SigningSecrets"), **_AUTH},
+        }
+    },
+}
+
+
+@cache
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "uploadcare-bridge",
+            "version": __version__,
+            "description": "Register Uploadcare conversion tokens; get a signed callback "
+            "(Standard Webhooks) when each conversion ends.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": _PATHS,
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    """The document (shared: do not mutate)."""
+    return _document()

@@ -1,0 +1,474 @@
+"""Configuration: one frozen Settings object, built from the environment in one place.
+
+Every setting that is not a secret can also be given as a ``bridge serve`` flag of the
+same name (``BRIDGE_POLL_MAX_INTERVAL`` is ``--poll-max-interval``); flags win over the
+environment. Secrets come only from the environment, or from ``NAME_FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SECRET_VARS = (
+    "BRIDGE_API_KEYS",
+    "UPLOADCARE_SECRET_KEY",
+    "BRIDGE_WEBHOOK_SECRETS",
+    "BRIDGE_DATABASE_URL",
+)
+
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?$")
+_UNIT_SECONDS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+
+
+class SettingsError(Exception):
+    """A bad setting. ``str()`` is one line that names the variable, never a secret value."""
+
+    def __init__(self, var: str, message: str) -> None:
+        super().__init__(f"{var}: {message}")
+        self.var = var
+
+
+def parse_duration(text: str, *, allow_zero: bool = False) -> float:
+    """``2.5`` or ``250ms``/``5s``/``5m``/``24h`` in seconds; ValueError when malformed."""
+    m = _DURATION_RE.match(text.strip())
+    if not m:
+        raise ValueError(
+            f"{text!r} is not a duration (a number of seconds like 2.5, or 250ms, 5s, 5m, 24h)"
+        )
+    seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds == 0 and not allow_zero:
+        raise ValueError(f"{text!r} must be greater than zero")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where the store lives. ``str()`` never shows a password."""
+
+    scheme: str  # "sqlite" or "postgresql"
+    path: str = ""  # sqlite file
+    dsn: str = field(default="", repr=False)  # postgresql URL, password included
+
+    def __str__(self) -> str:
+        if self.scheme == "sqlite":
+            return f"sqlite:{self.path}"
+        parts = urlsplit(self.dsn)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"postgresql://{host}{port}{parts.path}"
+
+    @property
+    def password(self) -> str | None:
+        if self.scheme != "postgresql":
+            return None
+        pw = urlsplit(self.dsn).password
+        return unquote(pw) if pw else None
+
+
+def parse_database_url(url: str) -> Database:
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if not path or path == "/":
+            raise ValueError(
+                "a sqlite URL needs a file: sqlite:///bridge.db or sqlite:////abs/path.db"
+            )
+        return Database("sqlite", path=path)
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        if not parts.hostname and not parts.path.strip("/"):
+            raise ValueError("a postgresql URL needs a host or database: postgresql://user@host/db")
+        return Database("postgresql", dsn=url)
+    raise ValueError(
+        "expected sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host:port/db"
+    )
+
+
+@dataclass(frozen=True)
+class WebhookSecret:
+    """A Standard Webhooks secret; ``tenant`` None means it serves every tenant without its own."""
+
+    tenant: str | None
+    secret: str = field(repr=False)
+
+
+def validate_whsec(secret: str) -> str:
+    if not secret.startswith("whsec_"):
+        raise ValueError("each secret starts with whsec_ followed by base64")
+    try:
+        key = base64.b64decode(secret[len("whsec_") :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a whsec_ secret must be base64 after the prefix") from None
+    if len(key) < 16:
+        raise ValueError("a whsec_ secret must hold at least 16 bytes of key")
+    return secret
+
+
+def parse_webhook_secrets(text: str) -> tuple[WebhookSecret, ...]:
+    out: list[WebhookSecret] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        tenant: str | None = None
+        if ":" in entry:
+            tenant, entry = (p.strip() for p in entry.split(":", 1))
+            if not _TENANT_RE.match(tenant):
+                raise ValueError("a tenant name is letters, digits, '_', '.' or '-'")
+        out.append(WebhookSecret(tenant, validate_whsec(entry)))
+    return tuple(out)
+
+
+def parse_api_keys(text: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name, sep, secret = entry.partition(":")
+        name, secret = name.strip(), secret.strip()
+        if not sep or not name or not secret:
+            raise ValueError("expected comma-separated name:secret pairs")
+        if not _TENANT_RE.match(name):
+            raise ValueError("a tenant name is letters, digits, '_', '.' or '-'")
+        if seen.get(secret, name) != name:
+            raise ValueError("one secret is given to two tenants")
+        seen[secret] = name
+        pairs.append((name, secret))
+    return tuple(pairs)
+
+
+def _parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    nets: list[IPNetwork] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if entry:
+            try:
+                nets.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not a CIDR network such as 10.20.0.0/16") from None
+    return tuple(nets)
+
+
+def _parse_schedule(text: str) -> tuple[float, ...]:
+    delays = tuple(parse_duration(p) for p in text.split(",") if p.strip())
+    if not delays:
+        raise ValueError("needs at least one delay")
+    return delays
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise ValueError("a port is 0 to 65535 (0: any free port)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an absolute http(s) URL")
+    return text.strip().rstrip("/")
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class _Var:
+    env: str
+    attr: str
+    default: str | None
+    parse: Callable[[str], Any]
+    secret: bool = False
+    help: str = ""
+
+    @property
+    def flag(self) -> str:
+        name = self.env.removeprefix("BRIDGE_")
+        return "--" + name.lower().replace("_", "-")
+
+
+_VARS: tuple[_Var, ...] = (
+    _Var("BRIDGE_HOST", "host", "127.0.0.1", _text, help="address the API listens on"),
+    _Var("BRIDGE_PORT", "port", "8080", _port, help="port the API listens on (0: any free port)"),
+    _Var(
+        "BRIDGE_DATABASE_URL",
+        "database",
+        "sqlite:///bridge.db",
+        parse_database_url,
+        secret=True,
+    ),
+    _Var("BRIDGE_API_KEYS", "api_keys", "", parse_api_keys, secret=True),
+    _Var("UPLOADCARE_PUBLIC_KEY", "uploadcare_public_key", "", _text, help="REST API public key"),
+    _Var("UPLOADCARE_SECRET_KEY", "uploadcare_secret_key", "", _text, secret=True),
+    _Var(
+        "BRIDGE_UPSTREAM_URL",
+        "upstream_url",
+        "https://api.uploadcare.com",
+        _http_url,
+        help="base URL of Uploadcare's REST API",
+    ),
+    _Var(
+        "BRIDGE_UPSTREAM_AUTH",
+        "upstream_auth",
+        "signed",
+        _choice("signed", "simple"),
+        help="signed or simple",
+    ),
+    _Var(
+        "BRIDGE_UPSTREAM_RPS",
+        "upstream_rps",
+        "20",
+        _positive_float,
+        help="upstream requests per second, at most",
+    ),
+    _Var(
+        "BRIDGE_UPSTREAM_CONCURRENCY",
+        "upstream_concurrency",
+        "32",
+        _positive_int,
+        help="upstream requests in flight, at most",
+    ),
+    _Var("BRIDGE_UPSTREAM_TIMEOUT", "upstream_timeout", "10s", parse_duration),
+    _Var(
+        "BRIDGE_POLL_INITIAL_DELAY",
+        "poll_initial_delay",
+        "1s",
+        lambda t: parse_duration(t, allow_zero=True),
+        help="first poll after a registration",
+    ),
+    _Var("BRIDGE_POLL_MIN_INTERVAL", "poll_min_interval", "2s", parse_duration),
+    _Var("BRIDGE_POLL_MAX_INTERVAL", "poll_max_interval", "60s", parse_duration),
+    _Var("BRIDGE_JOB_DEADLINE", "job_deadline", "24h", parse_duration),
+    _Var("BRIDGE_WEBHOOK_SECRETS", "webhook_secrets", "", parse_webhook_secrets, secret=True),
+    _Var("BRIDGE_CALLBACK_TIMEOUT", "callback_timeout", "15s", parse_duration),
+    _Var(
+        "BRIDGE_CALLBACK_RETRY_SCHEDULE",
+        "callback_retry_schedule",
+        "5s,5m,30m,2h,5h,10h,14h,20h,24h",
+        _parse_schedule,
+        help="delays between callback attempts after the first",
+    ),
+    _Var("BRIDGE_CALLBACK_CONCURRENCY", "callback_concurrency", "64", _positive_int),
+    _Var(
+        "BRIDGE_CALLBACK_ALLOW_NETWORKS",
+        "callback_allow_networks",
+        "",
+        _parse_networks,
+        help="CIDRs exempt from the callback network policy",
+    ),
+    _Var("BRIDGE_RETENTION", "retention", "720h", parse_duration),
+    _Var("BRIDGE_LEASE", "lease", "30s", parse_duration),
+    _Var("BRIDGE_SHUTDOWN_GRACE", "shutdown_grace", "20s", parse_duration),
+    _Var("BRIDGE_LOG_FORMAT", "log_format", "json", _choice("json", "console")),
+    _Var(
+        "BRIDGE_LOG_LEVEL",
+        "log_level",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database: Database = field(default_factory=lambda: Database("sqlite", path="bridge.db"))
+    api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    insecure_no_auth: bool = False
+    uploadcare_public_key: str = ""
+    uploadcare_secret_key: str = field(default="", repr=False)
+    upstream_url: str = "https://api.uploadcare.com"
+    upstream_auth: str = "signed"
+    upstream_rps: float = 20.0
+    upstream_concurrency: int = 32
+    upstream_timeout: float = 10.0
+    poll_initial_delay: float = 1.0
+    poll_min_interval: float = 2.0
+    poll_max_interval: float = 60.0
+    job_deadline: float = 86400.0
+    webhook_secrets: tuple[WebhookSecret, ...] = field(default=(), repr=False)
+    callback_timeout: float = 15.0
+    callback_retry_schedule: tuple[float, ...] = (
+        5.0,
+        300.0,
+        1800.0,
+        7200.0,
+        18000.0,
+        36000.0,
+        50400.0,
+        72000.0,
+        86400.0,
+    )
+    callback_concurrency: int = 64
+    callback_allow_networks: tuple[IPNetwork, ...] = ()
+    retention: float = 720 * 3600.0
+    lease: float = 30.0
+    shutdown_grace: float = 20.0
+    log_format: str = "json"
+    log_level: str = "info"
+
+    @property
+    def tenants(self) -> tuple[str, ...]:
+        """Every tenant the API can authenticate, in the order the keys were given."""
+        if not self.api_keys:
+            return ("default",)
+        return tuple(dict.fromkeys(name for name, _ in self.api_keys))
+
+    def secret_values(self) -> list[str]:
+        """Every secret string this configuration holds, for redaction in logs."""
+        values = [s for _, s in self.api_keys]
+        values += [w.secret for w in self.webhook_secrets]
+        if self.uploadcare_secret_key:
+            values.append(self.uploadcare_secret_key)
+        if self.database.password:
+            values.append(self.database.password)
+        return [v for v in values if v]
+
+    def check_serve(self) -> None:
+        """What ``serve`` needs beyond a valid configuration."""
+        if not self.uploadcare_public_key:
+            raise SettingsError(
+                "UPLOADCARE_PUBLIC_KEY", "not set; give your Uploadcare project's public key"
+            )
+        if not self.uploadcare_secret_key:
+            raise SettingsError(
+                "UPLOADCARE_SECRET_KEY",
+                "not set; give your Uploadcare project's secret key "
+                "(or UPLOADCARE_SECRET_KEY_FILE)",
+            )
+        if not self.api_keys and not self.insecure_no_auth:
+            raise SettingsError(
+                "BRIDGE_API_KEYS",
+                "not set; give name:secret pairs, or start with --insecure-no-auth to accept "
+                "every request as tenant 'default'",
+            )
+
+
+def _read_env(var: _Var, env: Mapping[str, str]) -> str | None:
+    """The raw value of a variable, from NAME or (secrets) NAME_FILE."""
+    value = env.get(var.env)
+    if var.secret:
+        file_var = var.env + "_FILE"
+        path = env.get(file_var)
+        if path:
+            if value is not None:
+                raise SettingsError(var.env, f"set either {var.env} or {file_var}, not both")
+            try:
+                return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise SettingsError(file_var, f"cannot read {path}: {exc.strerror}") from None
+    return value
+
+
+def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Settings:
+    """Build and validate Settings; raises SettingsError naming the first bad variable."""
+    flags = flags or {}
+    values: dict[str, Any] = {}
+    for var in _VARS:
+        raw = flags.get(var.attr) if not var.secret else None
+        if raw is None:
+            raw = _read_env(var, env)
+        if raw is None or (raw.strip() == "" and var.default is not None):
+            raw = var.default
+        assert raw is not None
+        try:
+            values[var.attr] = var.parse(raw)
+        except ValueError as exc:
+            # A secret's value is never echoed: the parsers' messages for secrets name no value.
+            raise SettingsError(var.env, str(exc)) from None
+    values["insecure_no_auth"] = bool(flags.get("insecure_no_auth", False))
+    settings = Settings(**values)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(s: Settings) -> None:
+    if s.poll_min_interval > s.poll_max_interval:
+        raise SettingsError(
+            "BRIDGE_POLL_MIN_INTERVAL",
+            f"{s.poll_min_interval:g}s is above BRIDGE_POLL_MAX_INTERVAL "
+            f"({s.poll_max_interval:g}s)",
+        )
+    longest = max(s.callback_timeout, s.upstream_timeout)
+    if s.lease <= longest:
+        raise SettingsError(
+            "BRIDGE_LEASE",
+            f"{s.lease:g}s must be longer than BRIDGE_CALLBACK_TIMEOUT ({s.callback_timeout:g}s) "
+            f"and BRIDGE_UPSTREAM_TIMEOUT ({s.upstream_timeout:g}s)",
+        )
+    tenants = set(s.tenants)
+    for w in s.webhook_secrets:
+        if w.tenant is not None and tenants and w.tenant not in tenants and s.api_keys:
+            raise SettingsError(
+                "BRIDGE_WEBHOOK_SECRETS",
+                f"names tenant {w.tenant!r}, which has no key in BRIDGE_API_KEYS",
+            )
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for every setting that is not a secret; None means 'from the environment'."""
+    for var in _VARS:
+        if var.secret:
+            continue
+        default = f" (default {var.default})" if var.default else ""
+        parser.add_argument(
+            var.flag,
+            dest=var.attr,
+            default=None,
+            metavar="VALUE",
+            help=f"{var.help or var.env}{default}; env {var.env}",
+        )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="accept /v1 requests without a bearer secret, all as tenant 'default'",
+    )

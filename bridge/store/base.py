@@ -1,0 +1,87 @@
+"""The store's narrow interface: domain verbs, no SQL outside the implementations."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Protocol
+
+from bridge.model import Attempt, Job, NewJob
+
+
+class StoreError(Exception):
+    """The database could not be used (unreachable, locked by another process, corrupt)."""
+
+
+class Conflict(Exception):
+    """The request contradicts what the store holds; ``str()`` is a sentence for the caller."""
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    async def migrate(self) -> int:
+        """Apply pending schema migrations; return the schema version."""
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer."""
+
+    async def register(
+        self, new: NewJob, *, now: float, first_poll_at: float, deadline_at: float
+    ) -> tuple[Job, bool]:
+        """Store a registration durably; return the job and whether it is new.
+
+        An existing job for the same tenant, kind, token and callback URL that is not
+        canceled is returned as it is when its metadata is the same, and is a Conflict
+        otherwise; so is a (kind, token) that another tenant registered first.
+        """
+
+    async def get_job(self, tenant: str, job_id: str) -> Job | None: ...
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        token: int | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> tuple[list[Job], int | None]:
+        """Newest first; ``before`` is the cursor a previous page returned."""
+
+    async def cancel(self, tenant: str, job_id: str, *, now: float) -> tuple[Job, bool] | None:
+        """Stop a tracking or delivering job; return it and whether this call changed it.
+
+        None when unknown; Conflict when it is delivered or undeliverable.
+        """
+
+    async def redeliver(self, tenant: str, job_id: str, *, now: float) -> Job | None:
+        """Start a new delivery round of a delivered or undeliverable job."""
+
+    async def attempts(self, tenant: str, job_id: str) -> list[Attempt] | None: ...
+
+    async def signing_secret(self, tenant: str, *, generate: Callable[[], str], now: float) -> str:
+        """The tenant's generated secret, made with ``generate`` and stored on first use."""
+
+    async def count_by_state(self) -> dict[str, int]: ...
+
+    async def purge_ended(self, *, before: float, batch: int = 500) -> int:
+        """Delete jobs that ended before ``before``, with their attempts; return how many."""
+
+
+def encode_cursor(position: int) -> str:
+    """An opaque cursor for the listing position ``position``."""
+    return base64.urlsafe_b64encode(f"v1:{position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The position a cursor stands for; ValueError for anything this server did not hand out."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("not a cursor this server gave out") from None
+    prefix, _, number = text.partition(":")
+    if prefix != "v1" or not number.isdigit() or len(number) > 18:
+        raise ValueError("not a cursor this server gave out")
+    return int(number)

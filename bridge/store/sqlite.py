@@ -1,0 +1,481 @@
+"""The embedded store: one SQLite file, one process, one thread that owns the connection.
+
+Every verb runs as one transaction on a single worker thread, so verbs never interleave
+and a verb that returns has committed (WAL, ``synchronous=FULL``: a commit survives the
+process being killed and the machine losing power). One ``serve`` per file is enforced
+with an ``flock`` on ``<file>.lock``, which the kernel drops when the process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.model import (
+    CANCELED,
+    DELIVERING,
+    ENDED_STATES,
+    TRACKING,
+    Attempt,
+    Job,
+    NewJob,
+    canonical_json,
+    new_job_id,
+)
+from bridge.store.base import Conflict, StoreError
+
+T = TypeVar("T")
+
+_JOB_COLUMNS = """
+    j.id, j.tenant, j.kind, j.token, j.callback_url, j.metadata, j.state, j.outcome,
+    j.up_status, j.up_error, j.up_result, j.polls_base, j.polls, j.last_polled_at,
+    j.attempts, j.last_attempt_at, j.last_response_status, j.last_error,
+    j.next_attempt_at, j.delivered_at, j.created_at, j.updated_at, j.deadline_at,
+    w.status AS w_status, w.error AS w_error, w.result AS w_result, w.polls AS w_polls,
+    w.last_polled_at AS w_last_polled_at, w.next_poll_at AS w_next_poll_at
+"""
+_JOB_SELECT = f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN watches w ON w.id = j.watch_id"
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The numbered schema scripts, in order."""
+    folder = resources.files("bridge.store").joinpath("sql", "sqlite")
+    out = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            out.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def _row_to_job(r: sqlite3.Row) -> Job:
+    # A tracking job sees its watch live; any other keeps what it saw when it stopped tracking.
+    live = r["state"] == TRACKING
+    return Job(
+        id=r["id"],
+        tenant=r["tenant"],
+        kind=r["kind"],
+        token=r["token"],
+        callback_url=r["callback_url"],
+        metadata=r["metadata"],
+        state=r["state"],
+        outcome=r["outcome"],
+        upstream_status=r["w_status"] if live else r["up_status"],
+        upstream_error=r["w_error"] if live else r["up_error"],
+        upstream_result=r["w_result"] if live else r["up_result"],
+        polls=r["w_polls"] - r["polls_base"] if live else r["polls"],
+        last_polled_at=r["w_last_polled_at"] if live else r["last_polled_at"],
+        next_poll_at=r["w_next_poll_at"] if live else None,
+        attempts=r["attempts"],
+        last_attempt_at=r["last_attempt_at"],
+        last_response_status=r["last_response_status"],
+        last_error=r["last_error"],
+        next_attempt_at=r["next_attempt_at"],
+        delivered_at=r["delivered_at"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        deadline_at=r["deadline_at"],
+    )
+
+
+class FileLock:
+    """An exclusive ``flock`` beside the database file; the kernel releases it on any exit."""
+
+    def __init__(self, db_path: str) -> None:
+        self.path = db_path + ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"database {os.path.abspath(self.path[: -len('.lock')])} is in use by another "
+                f"bridge process (pid {holder}); stop it, or set BRIDGE_DATABASE_URL to another "
+                "file (SQLite serves one process; use PostgreSQL for replicas)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class SQLiteStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._lock: FileLock | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str, *, exclusive: bool = True, migrate: bool = True) -> SQLiteStore:
+        """Open (and by default lock and migrate) the file; StoreError with a clear message."""
+        store = cls(path)
+        try:
+            await store._call(store._open_sync, exclusive, migrate)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    def _open_sync(self, exclusive: bool, migrate: bool) -> None:
+        parent = Path(self.path).parent
+        if not parent.is_dir():
+            raise StoreError(f"cannot open database {self.path}: folder {parent} does not exist")
+        if exclusive:
+            self._lock = FileLock(self.path)
+            self._lock.acquire()
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        self._conn = conn
+        if migrate:
+            self._migrate_sync()
+
+    def _migrate_sync(self) -> int:
+        conn = self._db()
+        try:
+            with self._tx() as c:
+                current = c.execute("PRAGMA user_version").fetchone()[0]
+                for version, script in migrations():
+                    if version > current:
+                        for statement in script.split(";\n"):
+                            if statement.strip():
+                                c.execute(statement)
+                        c.execute(f"PRAGMA user_version = {version:d}")
+                        current = version
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot migrate database {self.path}: {exc}") from None
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; return the schema version."""
+        return await self._call(self._migrate_sync)
+
+    async def close(self) -> None:
+        def close_sync() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+        with contextlib.suppress(StoreError):  # already closed
+            await self._call(close_sync)
+        self._executor.shutdown(wait=True)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, fn, *args)
+        except RuntimeError:  # the executor is shut down: the store was closed
+            raise StoreError("the store is closed") from None
+        return await future
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the store is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _job_by_id(self, conn: sqlite3.Connection, tenant: str, job_id: str) -> Job | None:
+        row = conn.execute(f"{_JOB_SELECT} WHERE j.id = ? AND j.tenant = ?", (job_id, tenant))
+        found = row.fetchone()
+        return _row_to_job(found) if found else None
+
+    # -- verbs -----------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        def ping_sync() -> None:
+            try:
+                self._db().execute("SELECT 1").fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from None
+
+        await self._call(ping_sync)
+
+    async def register(
+        self, new: NewJob, *, now: float, first_poll_at: float, deadline_at: float
+    ) -> tuple[Job, bool]:
+        job_id = new_job_id(now)
+        return await self._call(self._register_sync, new, job_id, now, first_poll_at, deadline_at)
+
+    def _register_sync(
+        self, new: NewJob, job_id: str, now: float, first_poll_at: float, deadline_at: float
+    ) -> tuple[Job, bool]:
+        with self._tx() as c:
+            watch = c.execute(
+                "SELECT id, owner, next_poll_at FROM watches WHERE kind = ? AND token = ?",
+                (new.kind, new.token),
+            ).fetchone()
+            if watch is not None and watch["owner"] != new.tenant:
+                raise Conflict("this token is registered by another tenant")
+            existing = c.execute(
+                f"{_JOB_SELECT} WHERE j.tenant = ? AND j.kind = ? AND j.token = ?"
+                " AND j.callback_url = ? AND j.state <> 'canceled'",
+                (new.tenant, new.kind, new.token, new.callback_url),
+            ).fetchone()
+            if existing is not None:
+                job = _row_to_job(existing)
+                if _same_metadata(job.metadata, new.metadata):
+                    return job, False
+                raise Conflict(
+                    "a job for this kind, token and callback_url exists with other metadata"
+                )
+            if watch is None:
+                watch_id = c.execute(
+                    "INSERT INTO watches (kind, token, owner, next_poll_at, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (new.kind, new.token, new.tenant, first_poll_at, now),
+                ).lastrowid
+            elif watch["next_poll_at"] is None:
+                # The watch had ended: poll again for the newcomer, starting afresh.
+                watch_id = watch["id"]
+                c.execute(
+                    "UPDATE watches SET next_poll_at = ?, status = NULL, error = NULL,"
+                    " result = NULL, not_found = 0, failures = 0, interval = NULL,"
+                    " last_change_at = NULL WHERE id = ?",
+                    (first_poll_at, watch_id),
+                )
+            else:
+                # A live watch: its next poll is the newcomer's first one, no later than promised.
+                watch_id = watch["id"]
+                c.execute(
+                    "UPDATE watches SET next_poll_at = min(next_poll_at, ?) WHERE id = ?",
+                    (first_poll_at, watch_id),
+                )
+            c.execute(
+                "INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, metadata,"
+                " state, polls_base, created_at, updated_at, deadline_at)"
+                " SELECT ?, ?, ?, ?, ?, ?, ?, ?, polls, ?, ?, ? FROM watches WHERE id = ?",
+                (
+                    job_id,
+                    new.tenant,
+                    watch_id,
+                    new.kind,
+                    new.token,
+                    new.callback_url,
+                    new.metadata,
+                    TRACKING,
+                    now,
+                    now,
+                    deadline_at,
+                    watch_id,
+                ),
+            )
+            created = self._job_by_id(c, new.tenant, job_id)
+            assert created is not None
+            return created, True
+
+    async def get_job(self, tenant: str, job_id: str) -> Job | None:
+        return await self._call(self._job_by_id, self._db(), tenant, job_id)
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        token: int | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> tuple[list[Job], int | None]:
+        where = ["j.tenant = ?"]
+        args: list[Any] = [tenant]
+        for column, value in (("j.state", state), ("j.kind", kind), ("j.token", token)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before is not None:
+            where.append("j.seq < ?")
+            args.append(before)
+        sql = (
+            f"SELECT j.seq AS seq, {_JOB_COLUMNS} FROM jobs j JOIN watches w ON w.id = j.watch_id"
+            f" WHERE {' AND '.join(where)} ORDER BY j.seq DESC LIMIT ?"
+        )
+        args.append(limit + 1)
+
+        def list_sync() -> tuple[list[Job], int | None]:
+            rows = self._db().execute(sql, args).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return [_row_to_job(r) for r in rows], (rows[-1]["seq"] if more else None)
+
+        return await self._call(list_sync)
+
+    async def cancel(self, tenant: str, job_id: str, *, now: float) -> tuple[Job, bool] | None:
+        def cancel_sync() -> tuple[Job, bool] | None:
+            with self._tx() as c:
+                job = self._job_by_id(c, tenant, job_id)
+                if job is None:
+                    return None
+                if job.state == CANCELED:
+                    return job, False
+                if job.state in ENDED_STATES:
+                    raise Conflict(f"the job is already {job.state}")
+                # Freeze what the job saw, then let the watch go idle if nobody else needs it.
+                c.execute(
+                    "UPDATE jobs SET state = ?, up_status = ?, up_error = ?, up_result = ?,"
+                    " polls = ?, last_polled_at = ?, next_attempt_at = NULL, ended_at = ?,"
+                    " updated_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                    (
+                        CANCELED,
+                        job.upstream_status,
+                        job.upstream_error,
+                        job.upstream_result,
+                        job.polls,
+                        job.last_polled_at,
+                        now,
+                        now,
+                        job_id,
+                    ),
+                )
+                self._idle_watch_if_unwatched(c, job_id)
+                canceled = self._job_by_id(c, tenant, job_id)
+                assert canceled is not None
+                return canceled, True
+
+        return await self._call(cancel_sync)
+
+    @staticmethod
+    def _idle_watch_if_unwatched(c: sqlite3.Connection, job_id: str) -> None:
+        c.execute(
+            "UPDATE watches SET next_poll_at = NULL, lease_owner = NULL, lease_until = NULL"
+            " WHERE id = (SELECT watch_id FROM jobs WHERE id = ?)"
+            " AND NOT EXISTS (SELECT 1 FROM jobs t WHERE t.watch_id = watches.id"
+            " AND t.state = 'tracking')",
+            (job_id,),
+        )
+
+    async def redeliver(self, tenant: str, job_id: str, *, now: float) -> Job | None:
+        def redeliver_sync() -> Job | None:
+            with self._tx() as c:
+                job = self._job_by_id(c, tenant, job_id)
+                if job is None:
+                    return None
+                if job.state not in ("delivered", "undeliverable"):
+                    raise Conflict(
+                        f"only a delivered or undeliverable job can be redelivered; "
+                        f"this one is {job.state}"
+                    )
+                c.execute(
+                    "UPDATE jobs SET state = ?, next_attempt_at = ?, delivered_at = NULL,"
+                    " round_attempts = 0, ended_at = NULL, updated_at = ? WHERE id = ?",
+                    (DELIVERING, now, now, job_id),
+                )
+                return self._job_by_id(c, tenant, job_id)
+
+        return await self._call(redeliver_sync)
+
+    async def attempts(self, tenant: str, job_id: str) -> list[Attempt] | None:
+        def attempts_sync() -> list[Attempt] | None:
+            db = self._db()
+            if (
+                db.execute(
+                    "SELECT 1 FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)
+                ).fetchone()
+                is None
+            ):
+                return None
+            rows = db.execute(
+                "SELECT n, at, duration_ms, response_status, error FROM attempts"
+                " WHERE job_id = ? ORDER BY n",
+                (job_id,),
+            ).fetchall()
+            return [Attempt(*r) for r in rows]
+
+        return await self._call(attempts_sync)
+
+    async def signing_secret(self, tenant: str, *, generate: Callable[[], str], now: float) -> str:
+        candidate = generate()
+
+        def secret_sync() -> str:
+            with self._tx() as c:
+                c.execute(
+                    "INSERT INTO signing_secrets (tenant, secret, created_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (tenant) DO NOTHING",
+                    (tenant, candidate, now),
+                )
+                row = c.execute(
+                    "SELECT secret FROM signing_secrets WHERE tenant = ?", (tenant,)
+                ).fetchone()
+                return str(row[0])
+
+        return await self._call(secret_sync)
+
+    async def count_by_state(self) -> dict[str, int]:
+        def count_sync() -> dict[str, int]:
+            rows = self._db().execute("SELECT state, count(*) FROM jobs GROUP BY state")
+            return {state: n for state, n in rows}
+
+        return await self._call(count_sync)
+
+    async def purge_ended(self, *, before: float, batch: int = 500) -> int:
+        def purge_batch() -> int:
+            with self._tx() as c:
+                ids = [
+                    r[0]
+                    for r in c.execute(
+                        "SELECT id FROM jobs WHERE ended_at < ? LIMIT ?", (before, batch)
+                    )
+                ]
+                if not ids:
+                    return 0
+                marks = ",".join("?" * len(ids))
+                c.execute(f"DELETE FROM attempts WHERE job_id IN ({marks})", ids)
+                c.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+                # A watch nobody refers to any more frees its token for any tenant.
+                c.execute(
+                    "DELETE FROM watches WHERE next_poll_at IS NULL AND NOT EXISTS"
+                    " (SELECT 1 FROM jobs j WHERE j.watch_id = watches.id)"
+                )
+                return len(ids)
+
+        total = 0
+        # Small transactions, so registrations are never held behind a long delete.
+        while (n := await self._call(purge_batch)) > 0:
+            total += n
+        return total
+
+
+def _same_metadata(stored: str | None, new: str | None) -> bool:
+    if stored is None or new is None:
+        return stored is new
+    return canonical_json(json.loads(stored)) == canonical_json(json.loads(new))

@@ -1,0 +1,146 @@
+"""Settings: the duration grammar, defaults, cross-field checks, secrets from files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.settings import Settings, SettingsError, load, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2.5", 2.5),
+        ("250ms", 0.25),
+        ("5s", 5),
+        ("5m", 300),
+        ("24h", 86400),
+        ("0.5h", 1800),
+        ("7", 7),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text", ["", "-1", "5 s", "5sec", "1d", "abc", "1e3", "5ms5", "s", "0", "0s"]
+)
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_zero_only_for_initial_delay() -> None:
+    assert load({"BRIDGE_POLL_INITIAL_DELAY": "0"}).poll_initial_delay == 0
+    with pytest.raises(SettingsError, match=r"^BRIDGE_POLL_MIN_INTERVAL: "):
+        load({"BRIDGE_POLL_MIN_INTERVAL": "0"})
+
+
+def test_defaults_match_the_spec() -> None:
+    s = load({})
+    assert s == Settings()
+    assert (s.host, s.port) == ("127.0.0.1", 8080)
+    assert s.database.scheme == "sqlite" and s.database.path == "bridge.db"
+    assert s.callback_retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    assert s.retention == 720 * 3600
+    assert (s.upstream_rps, s.upstream_concurrency, s.callback_concurrency) == (20, 32, 64)
+
+
+@pytest.mark.parametrize(
+    ("env", "var"),
+    [
+        ({"BRIDGE_PORT": "http"}, "BRIDGE_PORT"),
+        ({"BRIDGE_PORT": "70000"}, "BRIDGE_PORT"),
+        ({"BRIDGE_UPSTREAM_RPS": "0"}, "BRIDGE_UPSTREAM_RPS"),
+        ({"BRIDGE_UPSTREAM_RPS": "nan"}, "BRIDGE_UPSTREAM_RPS"),
+        ({"BRIDGE_UPSTREAM_CONCURRENCY": "1.5"}, "BRIDGE_UPSTREAM_CONCURRENCY"),
+        ({"BRIDGE_UPSTREAM_AUTH": "oauth"}, "BRIDGE_UPSTREAM_AUTH"),
+        ({"BRIDGE_UPSTREAM_URL": "api.uploadcare.com"}, "BRIDGE_UPSTREAM_URL"),
+        ({"BRIDGE_DATABASE_URL": "mysql://x/y"}, "BRIDGE_DATABASE_URL"),
+        ({"BRIDGE_DATABASE_URL": "sqlite:///"}, "BRIDGE_DATABASE_URL"),
+        ({"BRIDGE_CALLBACK_RETRY_SCHEDULE": "5s,,x"}, "BRIDGE_CALLBACK_RETRY_SCHEDULE"),
+        ({"BRIDGE_CALLBACK_ALLOW_NETWORKS": "10.0.0.0/33"}, "BRIDGE_CALLBACK_ALLOW_NETWORKS"),
+        ({"BRIDGE_API_KEYS": "nocolon"}, "BRIDGE_API_KEYS"),
+        ({"BRIDGE_API_KEYS": "a:same,b:same"}, "BRIDGE_API_KEYS"),
+        ({"BRIDGE_WEBHOOK_SECRETS": "notwhsec"}, "BRIDGE_WEBHOOK_SECRETS"),
+        ({"BRIDGE_WEBHOOK_SECRETS": "whsec_!!!"}, "BRIDGE_WEBHOOK_SECRETS"),
+        ({"BRIDGE_WEBHOOK_SECRETS": "whsec_c2hvcnQ="}, "BRIDGE_WEBHOOK_SECRETS"),
+        ({"BRIDGE_LOG_FORMAT": "xml"}, "BRIDGE_LOG_FORMAT"),
+        ({"BRIDGE_LOG_LEVEL": "loud"}, "BRIDGE_LOG_LEVEL"),
+        ({"BRIDGE_POLL_MIN_INTERVAL": "90s"}, "BRIDGE_POLL_MIN_INTERVAL"),
+        ({"BRIDGE_LEASE": "15s"}, "BRIDGE_LEASE"),
+        ({"BRIDGE_LEASE": "20s", "BRIDGE_UPSTREAM_TIMEOUT": "25s"}, "BRIDGE_LEASE"),
+        ({"BRIDGE_RETENTION": "forever"}, "BRIDGE_RETENTION"),
+    ],
+)
+def test_a_bad_value_names_its_variable(env: dict[str, str], var: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(env)
+    assert str(info.value).startswith(f"{var}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_secret_values_are_never_echoed() -> None:
+    with pytest.raises(SettingsError) as info:
+        load({"BRIDGE_WEBHOOK_SECRETS": "whsec_TOPSECRETVALUE!"})
+    assert "TOPSECRET" not in str(info.value)
+    with pytest.raises(SettingsError) as info:
+        load({"BRIDGE_DATABASE_URL": "mysql://u:pa55word@h/db"})
+    assert "pa55word" not in str(info.value)
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("ops:s3cret-value\n")
+    uc = tmp_path / "uc"
+    uc.write_text("uc-secret")
+    s = load({"BRIDGE_API_KEYS_FILE": str(keys), "UPLOADCARE_SECRET_KEY_FILE": str(uc)})
+    assert s.api_keys == (("ops", "s3cret-value"),)
+    assert s.uploadcare_secret_key == "uc-secret"
+
+
+def test_secret_file_problems(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"^UPLOADCARE_SECRET_KEY_FILE: cannot read"):
+        load({"UPLOADCARE_SECRET_KEY_FILE": str(tmp_path / "missing")})
+    path = tmp_path / "k"
+    path.write_text("x")
+    with pytest.raises(SettingsError, match=r"^UPLOADCARE_SECRET_KEY: set either"):
+        load({"UPLOADCARE_SECRET_KEY": "a", "UPLOADCARE_SECRET_KEY_FILE": str(path)})
+
+
+def test_flags_override_environment_but_not_for_secrets() -> None:
+    s = load({"BRIDGE_PORT": "9000", "BRIDGE_POLL_MAX_INTERVAL": "30s"}, {"port": "9100"})
+    assert s.port == 9100 and s.poll_max_interval == 30
+    s = load({}, {"api_keys": "x:y", "database": "sqlite:///other.db"})
+    assert s.api_keys == () and s.database.path == "bridge.db"
+
+
+def test_database_urls() -> None:
+    assert load({"BRIDGE_DATABASE_URL": "sqlite:////var/lib/b.db"}).database.path == "/var/lib/b.db"
+    pg = load({"BRIDGE_DATABASE_URL": "postgresql://u:pw%21@db:5432/bridge"}).database
+    assert pg.scheme == "postgresql" and pg.password == "pw!"
+    assert "pw" not in str(pg) and "pw" not in repr(pg)
+
+
+def test_webhook_secrets_per_tenant() -> None:
+    shared = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    own = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+    s = load({"BRIDGE_API_KEYS": "a:1234,b:5678", "BRIDGE_WEBHOOK_SECRETS": f"{shared}, b:{own}"})
+    assert [(w.tenant, w.secret) for w in s.webhook_secrets] == [(None, shared), ("b", own)]
+    with pytest.raises(SettingsError, match=r"BRIDGE_WEBHOOK_SECRETS: names tenant 'c'"):
+        load({"BRIDGE_API_KEYS": "a:1234", "BRIDGE_WEBHOOK_SECRETS": f"c:{own}"})
+
+
+def test_serve_requirements() -> None:
+    with pytest.raises(SettingsError, match=r"^UPLOADCARE_PUBLIC_KEY: "):
+        load({}).check_serve()
+    with pytest.raises(SettingsError, match=r"^UPLOADCARE_SECRET_KEY: "):
+        load({"UPLOADCARE_PUBLIC_KEY": "p"}).check_serve()
+    env = {"UPLOADCARE_PUBLIC_KEY": "p", "UPLOADCARE_SECRET_KEY": "s"}
+    with pytest.raises(SettingsError, match=r"^BRIDGE_API_KEYS: .*--insecure-no-auth"):
+        load(env).check_serve()
+    load(env, {"insecure_no_auth": True}).check_serve()
+    assert load(env, {"insecure_no_auth": True}).tenants == ("default",)
