@@ -380,6 +380,8 @@ async def cancel_job(request: web.Request) -> web.Response:
         raise Problem(404, "no such job")
     job, changed = found
     if changed:
+        if (scheduler := request.app.get(keys.SCHEDULER)) is not None:
+            scheduler.note_canceled(job.id)
         log.info("job_canceled", job_id=job.id, kind=job.kind, token=job.token)
     return _json(job.to_api())
 
@@ -394,7 +396,8 @@ async def redeliver_job(request: web.Request) -> web.Response:
     if job is None:
         raise Problem(404, "no such job")
     log.info("job_redelivery_requested", job_id=job.id, kind=job.kind, token=job.token)
-    request.app[keys.WAKE]()
+    if (scheduler := request.app.get(keys.SCHEDULER)) is not None:
+        scheduler.wake()
     return _json(job.to_api(), status=202)
 
 

@@ -7,17 +7,21 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from bridge import api, keys
 from bridge.auth import Authenticator
+from bridge.delivery import USER_AGENT, Deliverer, callback_session
 from bridge.logs import redactor
 from bridge.metrics import Metrics
 from bridge.netpolicy import NetworkPolicy
 from bridge.pacing import PauseBoard
+from bridge.scheduler import Scheduler
 from bridge.settings import Settings
 from bridge.store import Store, open_store
+from bridge.upstream import UpstreamClient
 from bridge.webhooks import SecretBook
 
 log = structlog.get_logger("bridge.app")
@@ -29,6 +33,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     store: Store | None = None,
     policy: NetworkPolicy | None = None,
+    with_scheduler: bool = True,
 ) -> web.Application:
     """Build the app. A given ``store`` is used (and not closed) instead of opening one."""
     app = web.Application(middlewares=[api.request_context, api.bearer_auth])
@@ -39,23 +44,71 @@ def create_app(
     app[keys.POLICY] = policy or NetworkPolicy(allow=settings.callback_allow_networks)
     pauses = PauseBoard(clock)
     app[keys.PAUSES] = pauses
-    app[keys.WAKE] = lambda: None
-    app[keys.SYNC_PAUSE_METRIC] = lambda: _sync_pause_metric(app)
+    app[keys.SYNC_PAUSE_METRIC] = _pause_metric_sync(app)
     api.add_routes(app)
     app.cleanup_ctx.append(_store_ctx(store))
     app.cleanup_ctx.append(_secrets_ctx)
     app.cleanup_ctx.append(_retention_ctx)
+    if with_scheduler:
+        app.cleanup_ctx.append(_scheduler_ctx)
     return app
 
 
-def _sync_pause_metric(app: web.Application) -> None:
-    gauge = app[keys.METRICS].upstream_paused
-    active = {p.reason for p in app[keys.PAUSES].active()}
-    for labels in list(gauge._metrics):
-        if labels[0] not in active:
-            gauge.labels(*labels).set(0)
-    for reason in active:
-        gauge.labels(reason).set(1)
+def _pause_metric_sync(app: web.Application) -> Callable[[], None]:
+    shown: set[str] = set()
+
+    def sync() -> None:
+        gauge = app[keys.METRICS].upstream_paused
+        active = {p.reason for p in app[keys.PAUSES].active()}
+        for reason in shown - active:
+            gauge.labels(reason).set(0)  # ended: kept at 0 so the series does not vanish
+        for reason in active:
+            gauge.labels(reason).set(1)
+        shown.update(active)
+
+    return sync
+
+
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    metrics = app[keys.METRICS]
+
+    def on_request(code: str, seconds: float) -> None:
+        metrics.upstream_requests.labels(code).inc()
+        metrics.upstream_duration.observe(seconds)
+
+    async with (
+        aiohttp.ClientSession() as upstream_session,
+        callback_session(app[keys.POLICY], settings.callback_concurrency) as callbacks,
+    ):
+        upstream = UpstreamClient(
+            upstream_session,
+            base_url=settings.upstream_url,
+            public_key=settings.uploadcare_public_key,
+            secret_key=settings.uploadcare_secret_key,
+            auth="simple" if settings.upstream_auth == "simple" else "signed",
+            timeout=settings.upstream_timeout,
+            user_agent=USER_AGENT,
+            on_request=on_request,
+        )
+        scheduler = Scheduler(
+            settings=settings,
+            store=app[keys.STORE],
+            upstream=upstream,
+            deliverer=Deliverer(
+                callbacks, timeout=settings.callback_timeout, clock=app[keys.CLOCK]
+            ),
+            secrets=app[keys.SECRETS],
+            metrics=metrics,
+            pauses=app[keys.PAUSES],
+            clock=app[keys.CLOCK],
+        )
+        app[keys.SCHEDULER] = scheduler
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.stop(settings.shutdown_grace)
 
 
 def _store_ctx(

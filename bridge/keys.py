@@ -10,6 +10,7 @@ from bridge.auth import Authenticator
 from bridge.metrics import Metrics
 from bridge.netpolicy import NetworkPolicy
 from bridge.pacing import PauseBoard
+from bridge.scheduler import Scheduler
 from bridge.settings import Settings
 from bridge.store.base import Store
 from bridge.webhooks import SecretBook
@@ -22,8 +23,7 @@ POLICY = web.AppKey("policy", NetworkPolicy)
 AUTH = web.AppKey("auth", Authenticator)
 SECRETS = web.AppKey("secrets", SecretBook)
 PAUSES = web.AppKey("pauses", PauseBoard)
-# Tells the scheduler that new work is due now (a redelivery), so it need not wait a tick.
-WAKE: web.AppKey[Callable[[], None]] = web.AppKey("wake")
+SCHEDULER = web.AppKey("scheduler", Scheduler)
 SYNC_PAUSE_METRIC: web.AppKey[Callable[[], None]] = web.AppKey("sync_pause_metric")
 
 TENANT = web.RequestKey("tenant", str)

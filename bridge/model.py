@@ -156,3 +156,152 @@ class NewJob:
     token: int
     callback_url: str
     metadata: str | None  # compact JSON text
+
+
+# -- pure decisions --------------------------------------------------------------------------
+# Given a state, an observation and the time, what happens next. No I/O; randomness passed in.
+
+TERMINAL_STATUSES: Final = ("finished", "failed", "canceled")
+NOT_FOUND_LIMIT: Final = 3
+# Growth of the poll interval while the status does not change.
+POLL_GROWTH: Final = 1.5
+
+
+def webhook_id(job_id: str) -> str:
+    """The Standard Webhooks message id: stable for the job across attempts and redeliveries."""
+    return "msg_" + job_id.removeprefix("job_")
+
+
+def jittered(value: float, fraction: float, rand: float) -> float:
+    """``value`` moved by up to ±``fraction`` of itself; ``rand`` is uniform in [0, 1)."""
+    return value * (1 + fraction * (2 * rand - 1))
+
+
+def next_poll_interval(
+    previous: float | None, changed: bool, min_interval: float, max_interval: float
+) -> float:
+    """Start at the minimum, grow while nothing changes, fall back when something does."""
+    if previous is None or changed:
+        return min_interval
+    return min(max_interval, max(min_interval, previous * POLL_GROWTH))
+
+
+def failure_backoff(failures: int, min_interval: float, max_interval: float) -> float:
+    """After ``failures`` consecutive transient failures of one watch (1, 2, ...)."""
+    return min(max_interval, min_interval * 2.0 ** min(failures, 30))
+
+
+def pause_backoff(pauses: int, first: float = 5.0, longest: float = 600.0) -> float:
+    """How long polling stops after the ``pauses``-th rejection in a row (1, 2, ...)."""
+    return min(longest, first * 2.0 ** min(pauses - 1, 30))
+
+
+def retry_delay(
+    round_attempts: int,
+    schedule: tuple[float, ...],
+    retry_after: float | None,
+    rand: float,
+) -> float | None:
+    """The wait before the next callback attempt, or None when the schedule is spent.
+
+    ``round_attempts`` counts the attempts made so far in this round, the failed one
+    included. The schedule's delay gets ±20% jitter, then a Retry-After raises the wait
+    to at least its value, then the wait is capped at the schedule's longest delay.
+    """
+    if round_attempts > len(schedule):
+        return None
+    delay = jittered(schedule[round_attempts - 1], 0.2, rand)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, max(schedule))
+
+
+def callback_body(
+    *,
+    job_id: str,
+    kind: str,
+    token: int,
+    outcome: str,
+    error: str | None,
+    result_json: str | None,
+    metadata_json: str | None,
+    seen_at: float,
+) -> bytes:
+    """The callback's bytes: fixed when the outcome is recorded, the same on every attempt."""
+    body = {
+        "type": f"{kind}.conversion.{outcome}",
+        "timestamp": rfc3339(seen_at),
+        "data": {
+            "job_id": job_id,
+            "kind": kind,
+            "token": token,
+            "status": outcome,
+            "error": error,
+            "result": json.loads(result_json) if result_json is not None else None,
+            "metadata": json.loads(metadata_json) if metadata_json is not None else None,
+        },
+    }
+    return compact_json(body).encode()
+
+
+EXPIRED_ERROR: Final = "the conversion was still not finished at the job's deadline"
+NOT_FOUND_ERROR: Final = "Uploadcare does not know this token (404 three times in a row)"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchWork:
+    """A claimed (kind, token) watch, due for a poll."""
+
+    id: int
+    kind: str
+    token: int
+    due_at: float
+    status: str | None
+    interval: float | None
+    not_found: int
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class PollRecord:
+    """What one poll found and what follows from it, for the store to commit at once."""
+
+    started_at: float  # when the request went out: only jobs registered by then get an outcome
+    polled_at: float
+    next_poll_at: float
+    not_found: int
+    failures: int
+    interval: float | None
+    answered: bool  # a status answer: status, error and result replace the watch's
+    status: str | None = None
+    error: str | None = None
+    result_json: str | None = None
+    changed: bool = False
+    outcome: str | None = None
+    outcome_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryWork:
+    """A claimed callback, due for an attempt."""
+
+    job_id: str
+    tenant: str
+    kind: str
+    token: int
+    callback_url: str
+    body: bytes
+    attempts: int
+    round_attempts: int
+    outcome_at: float
+    due_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A job that received its outcome."""
+
+    job_id: str
+    kind: str
+    token: int
+    outcome: str

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,3 +50,45 @@ class PauseBoard:
         if first.kind is not None:
             out["kind"] = first.kind
         return out
+
+    def paused(self, now: float) -> tuple[bool, tuple[str, ...]]:
+        """Whether every kind is paused, and which kinds are paused on their own."""
+        active = [p for p in self._pauses.values() if p.until > now]
+        return (
+            any(p.kind is None for p in active),
+            tuple(sorted({p.kind for p in active if p.kind is not None})),
+        )
+
+    def until(self, kind: str, now: float) -> float:
+        """When requests for ``kind`` may go out again (in the past: now)."""
+        ends = [p.until for p in self._pauses.values() if p.kind in (None, kind)]
+        return max(ends, default=now)
+
+
+class RateLimiter:
+    """Spaces requests at least ``1/rps`` apart, so no one-second window holds more than rps.
+
+    Even spacing rather than a bursty bucket: Uploadcare sees a steady trickle, and the
+    limit holds for every window, not just on average.
+    """
+
+    def __init__(self, rps: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = 1.0 / rps
+        self._clock = clock
+        self._next = 0.0
+
+    async def acquire(self, pause_left: Callable[[], float] = lambda: 0.0) -> None:
+        """Wait for a slot; while ``pause_left()`` is positive, no request goes out."""
+        while True:
+            wait = pause_left()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            # A pause that began while this request waited for its slot still holds it.
+            if pause_left() <= 0:
+                return

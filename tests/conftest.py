@@ -48,6 +48,8 @@ def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "UPLOADCARE_SECRET_KEY": UC_SECRET,
         "BRIDGE_CALLBACK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
         "BRIDGE_LOG_LEVEL": "warning",
+        # Nothing listens on the discard port: no test ever polls a real Uploadcare.
+        "BRIDGE_UPSTREAM_URL": "http://127.0.0.1:9",
     }
     env.update(overrides)
     return env

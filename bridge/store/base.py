@@ -6,7 +6,7 @@ import base64
 from collections.abc import Callable
 from typing import Protocol
 
-from bridge.model import Attempt, Job, NewJob
+from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
 
 
 class StoreError(Exception):
@@ -68,6 +68,47 @@ class Store(Protocol):
 
     async def purge_ended(self, *, before: float, batch: int = 500) -> int:
         """Delete jobs that ended before ``before``, with their attempts; return how many."""
+
+    # -- the scheduler's verbs -----------------------------------------------------------
+
+    async def claim_due_watches(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease: float,
+        limit: int,
+        skip_kinds: tuple[str, ...] = (),
+    ) -> list[WatchWork]:
+        """Lease up to ``limit`` watches whose poll is due, earliest first."""
+
+    async def record_poll(self, watch_id: int, owner: str, record: PollRecord) -> list[Recorded]:
+        """Commit a poll's result; hand an outcome to every job registered before the poll."""
+
+    async def expire_due(self, *, now: float) -> list[Recorded]:
+        """Give ``expired`` to every tracking job past its deadline."""
+
+    async def claim_due_deliveries(
+        self, owner: str, *, now: float, lease: float, limit: int
+    ) -> list[DeliveryWork]:
+        """Lease up to ``limit`` callbacks whose attempt is due, earliest first."""
+
+    async def record_attempt(
+        self,
+        job_id: str,
+        owner: str,
+        attempt: Attempt,
+        *,
+        next_state: str,
+        next_attempt_at: float | None,
+    ) -> bool:
+        """Commit an attempt and what follows; False if the job left ``delivering`` meanwhile."""
+
+    async def release(self, owner: str) -> None:
+        """Give back every lease ``owner`` holds."""
+
+    async def next_due(self) -> float | None:
+        """When the earliest poll, callback or deadline falls due (leased work aside)."""
 
 
 def encode_cursor(position: int) -> str:

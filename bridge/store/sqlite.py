@@ -22,12 +22,20 @@ from typing import Any, TypeVar
 
 from bridge.model import (
     CANCELED,
+    DELIVERED,
     DELIVERING,
     ENDED_STATES,
+    EXPIRED_ERROR,
     TRACKING,
+    UNDELIVERABLE,
     Attempt,
+    DeliveryWork,
     Job,
     NewJob,
+    PollRecord,
+    Recorded,
+    WatchWork,
+    callback_body,
     canonical_json,
     new_job_id,
 )
@@ -154,6 +162,11 @@ class SQLiteStore:
         self._conn = conn
         if migrate:
             self._migrate_sync()
+        if exclusive:
+            # This process holds the file alone: any lease in it belonged to one that died.
+            with self._tx() as c:
+                c.execute("UPDATE watches SET lease_owner = NULL, lease_until = NULL")
+                c.execute("UPDATE jobs SET lease_owner = NULL, lease_until = NULL")
 
     def _migrate_sync(self) -> int:
         conn = self._db()
@@ -473,6 +486,299 @@ class SQLiteStore:
         while (n := await self._call(purge_batch)) > 0:
             total += n
         return total
+
+    # -- the scheduler's verbs -----------------------------------------------------------
+
+    async def claim_due_watches(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease: float,
+        limit: int,
+        skip_kinds: tuple[str, ...] = (),
+    ) -> list[WatchWork]:
+        marks = ",".join("?" * len(skip_kinds))
+        skip = f" AND kind NOT IN ({marks})" if skip_kinds else ""
+
+        def claim_sync() -> list[WatchWork]:
+            with self._tx() as c:
+                rows = c.execute(
+                    "SELECT id, kind, token, next_poll_at, status, interval, not_found, failures"
+                    " FROM watches WHERE next_poll_at <= ?"
+                    " AND (lease_until IS NULL OR lease_until < ?)"
+                    f"{skip} ORDER BY next_poll_at LIMIT ?",
+                    (now, now, *skip_kinds, limit),
+                ).fetchall()
+                c.executemany(
+                    "UPDATE watches SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                    [(owner, now + lease, r["id"]) for r in rows],
+                )
+                return [WatchWork(*r) for r in rows]
+
+        return await self._call(claim_sync)
+
+    async def record_poll(self, watch_id: int, owner: str, record: PollRecord) -> list[Recorded]:
+        return await self._call(self._record_poll_sync, watch_id, owner, record)
+
+    def _record_poll_sync(self, watch_id: int, owner: str, rec: PollRecord) -> list[Recorded]:
+        with self._tx() as c:
+            w = c.execute("SELECT * FROM watches WHERE id = ?", (watch_id,)).fetchone()
+            if w is None:
+                return []
+            status, error, result = (
+                (rec.status, rec.error, rec.result_json)
+                if rec.answered
+                else (w["status"], w["error"], w["result"])
+            )
+            polls = w["polls"] + 1
+            recorded: list[Recorded] = []
+            if rec.outcome is not None:
+                recorded = self._hand_outcome(
+                    c, w, rec, status=status, error=error, result=result, polls=polls
+                )
+            tracking = c.execute(
+                "SELECT count(*) FROM jobs WHERE watch_id = ? AND state = 'tracking'",
+                (watch_id,),
+            ).fetchone()[0]
+            if not tracking:
+                next_poll_at = None
+            elif rec.outcome is not None:
+                # Jobs that joined while the deciding poll was in flight get a poll of their own.
+                next_poll_at = rec.polled_at
+            else:
+                next_poll_at = rec.next_poll_at
+            c.execute(
+                "UPDATE watches SET status = ?, error = ?, result = ?, polls = ?,"
+                " not_found = ?, failures = ?, interval = ?, last_polled_at = ?,"
+                " last_change_at = CASE WHEN ? THEN ? ELSE last_change_at END,"
+                " next_poll_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                (
+                    status,
+                    error,
+                    result,
+                    polls,
+                    rec.not_found,
+                    rec.failures,
+                    rec.interval,
+                    rec.polled_at,
+                    rec.changed,
+                    rec.polled_at,
+                    next_poll_at,
+                    watch_id,
+                ),
+            )
+            return recorded
+
+    @staticmethod
+    def _hand_outcome(
+        c: sqlite3.Connection,
+        w: sqlite3.Row,
+        rec: PollRecord,
+        *,
+        status: str | None,
+        error: str | None,
+        result: str | None,
+        polls: int,
+    ) -> list[Recorded]:
+        assert rec.outcome is not None
+        jobs = c.execute(
+            "SELECT id, kind, token, metadata, polls_base FROM jobs"
+            " WHERE watch_id = ? AND state = 'tracking' AND created_at <= ?",
+            (w["id"], rec.started_at),
+        ).fetchall()
+        updates = []
+        for j in jobs:
+            body = callback_body(
+                job_id=j["id"],
+                kind=j["kind"],
+                token=j["token"],
+                outcome=rec.outcome,
+                error=rec.outcome_error,
+                result_json=result,
+                metadata_json=j["metadata"],
+                seen_at=rec.polled_at,
+            )
+            updates.append(
+                (
+                    rec.outcome,
+                    status,
+                    error,
+                    result,
+                    polls - j["polls_base"],
+                    rec.polled_at,
+                    rec.polled_at,
+                    body,
+                    rec.polled_at,
+                    rec.polled_at,
+                    j["id"],
+                )
+            )
+        c.executemany(
+            "UPDATE jobs SET state = 'delivering', outcome = ?, up_status = ?, up_error = ?,"
+            " up_result = ?, polls = ?, last_polled_at = ?, outcome_at = ?, body = ?,"
+            " next_attempt_at = ?, round_attempts = 0, updated_at = ? WHERE id = ?",
+            updates,
+        )
+        return [Recorded(j["id"], j["kind"], j["token"], rec.outcome) for j in jobs]
+
+    async def expire_due(self, *, now: float) -> list[Recorded]:
+        def expire_sync() -> list[Recorded]:
+            with self._tx() as c:
+                rows = c.execute(
+                    "SELECT j.id, j.kind, j.token, j.metadata, j.polls_base, j.watch_id,"
+                    " w.status, w.error, w.result, w.polls, w.last_polled_at"
+                    " FROM jobs j JOIN watches w ON w.id = j.watch_id"
+                    " WHERE j.state = 'tracking' AND j.deadline_at <= ?",
+                    (now,),
+                ).fetchall()
+                for r in rows:
+                    body = callback_body(
+                        job_id=r["id"],
+                        kind=r["kind"],
+                        token=r["token"],
+                        outcome="expired",
+                        error=EXPIRED_ERROR,
+                        result_json=r["result"],
+                        metadata_json=r["metadata"],
+                        seen_at=now,
+                    )
+                    c.execute(
+                        "UPDATE jobs SET state = 'delivering', outcome = 'expired',"
+                        " up_status = ?, up_error = ?, up_result = ?, polls = ?,"
+                        " last_polled_at = ?, outcome_at = ?, body = ?, next_attempt_at = ?,"
+                        " round_attempts = 0, updated_at = ? WHERE id = ?",
+                        (
+                            r["status"],
+                            r["error"],
+                            r["result"],
+                            r["polls"] - r["polls_base"],
+                            r["last_polled_at"],
+                            now,
+                            body,
+                            now,
+                            now,
+                            r["id"],
+                        ),
+                    )
+                    self._idle_watch_if_unwatched(c, r["id"])
+                return [Recorded(r["id"], r["kind"], r["token"], "expired") for r in rows]
+
+        return await self._call(expire_sync)
+
+    async def claim_due_deliveries(
+        self, owner: str, *, now: float, lease: float, limit: int
+    ) -> list[DeliveryWork]:
+        def claim_sync() -> list[DeliveryWork]:
+            with self._tx() as c:
+                rows = c.execute(
+                    "SELECT id, tenant, kind, token, callback_url, body, attempts,"
+                    " round_attempts, outcome_at, next_attempt_at FROM jobs"
+                    " WHERE state = 'delivering' AND next_attempt_at <= ?"
+                    " AND (lease_until IS NULL OR lease_until < ?)"
+                    " ORDER BY next_attempt_at LIMIT ?",
+                    (now, now, limit),
+                ).fetchall()
+                c.executemany(
+                    "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                    [(owner, now + lease, r["id"]) for r in rows],
+                )
+                return [DeliveryWork(*r) for r in rows]
+
+        return await self._call(claim_sync)
+
+    async def record_attempt(
+        self,
+        job_id: str,
+        owner: str,
+        attempt: Attempt,
+        *,
+        next_state: str,
+        next_attempt_at: float | None,
+    ) -> bool:
+        finished_at = attempt.at + attempt.duration_ms / 1000
+
+        def record_sync() -> bool:
+            with self._tx() as c:
+                c.execute(
+                    "INSERT OR REPLACE INTO attempts"
+                    " (job_id, n, at, duration_ms, response_status, error)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        attempt.n,
+                        attempt.at,
+                        attempt.duration_ms,
+                        attempt.response_status,
+                        attempt.error,
+                    ),
+                )
+                c.execute(
+                    "UPDATE jobs SET attempts = max(attempts, ?),"
+                    " round_attempts = round_attempts + 1, last_attempt_at = ?,"
+                    " last_response_status = ?, last_error = ?, updated_at = ?,"
+                    " lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                    (
+                        attempt.n,
+                        attempt.at,
+                        attempt.response_status,
+                        attempt.error,
+                        finished_at,
+                        job_id,
+                    ),
+                )
+                # A job canceled while its attempt was on the wire stays canceled.
+                changed = c.execute(
+                    "UPDATE jobs SET state = ?, next_attempt_at = ?,"
+                    " delivered_at = CASE WHEN ? THEN ? ELSE delivered_at END,"
+                    " ended_at = CASE WHEN ? THEN ? ELSE NULL END"
+                    " WHERE id = ? AND state = 'delivering'",
+                    (
+                        next_state,
+                        next_attempt_at,
+                        next_state == DELIVERED,
+                        finished_at,
+                        next_state in (DELIVERED, UNDELIVERABLE),
+                        finished_at,
+                        job_id,
+                    ),
+                ).rowcount
+                return bool(changed)
+
+        return await self._call(record_sync)
+
+    async def release(self, owner: str) -> None:
+        def release_sync() -> None:
+            with self._tx() as c:
+                c.execute(
+                    "UPDATE watches SET lease_owner = NULL, lease_until = NULL"
+                    " WHERE lease_owner = ?",
+                    (owner,),
+                )
+                c.execute(
+                    "UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+                    (owner,),
+                )
+
+        await self._call(release_sync)
+
+    async def next_due(self) -> float | None:
+        def next_due_sync() -> float | None:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT min(t) FROM ("
+                    " SELECT min(next_poll_at) AS t FROM watches"
+                    "  WHERE next_poll_at IS NOT NULL AND lease_until IS NULL"
+                    " UNION ALL SELECT min(next_attempt_at) FROM jobs"
+                    "  WHERE state = 'delivering' AND lease_until IS NULL"
+                    " UNION ALL SELECT min(deadline_at) FROM jobs WHERE state = 'tracking')"
+                )
+                .fetchone()
+            )
+            return float(row[0]) if row[0] is not None else None
+
+        return await self._call(next_due_sync)
 
 
 def _same_metadata(stored: str | None, new: str | None) -> bool:

@@ -1,0 +1,125 @@
+"""One callback attempt: sign, send, classify. No retries here; the scheduler decides."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+from yarl import URL
+
+from bridge import __version__
+from bridge.netpolicy import BLOCKED_MESSAGE, NetworkPolicy, is_policy_block
+from bridge.upstream import parse_retry_after
+from bridge.webhooks import sign
+
+USER_AGENT: Final = f"uploadcare-bridge/{__version__}"
+# A receiver's answer is read (so the connection can be reused) but only this much of it.
+MAX_RESPONSE_BYTES: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    result: str  # success, http_error, timeout, connection_error, blocked (the metric label)
+    status: int | None
+    error: str | None
+    retry_after: float | None  # from a 429 or 503
+    started_at: float
+    duration: float
+
+    @property
+    def delivered(self) -> bool:
+        return self.result == "success"
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+def callback_session(policy: NetworkPolicy, concurrency: int) -> aiohttp.ClientSession:
+    """The session callbacks go out on: vetted connections only, and no environment proxies."""
+    return aiohttp.ClientSession(
+        connector=policy.connector(limit=concurrency),
+        trust_env=False,
+        auto_decompress=False,
+    )
+
+
+class Deliverer:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_s = timeout
+        self._clock = clock
+
+    async def attempt(
+        self, url: str, body: bytes, msg_id: str, secrets: Sequence[str]
+    ) -> AttemptResult:
+        target = URL(url)
+        basic = None
+        if target.user is not None:
+            # User-info travels as Basic credentials, never in the request line.
+            pair = f"{target.user}:{target.password or ''}".encode()
+            basic = "Basic " + base64.b64encode(pair).decode()
+            target = target.with_user(None)
+        started = self._clock()
+        timestamp = int(started)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secrets, msg_id, timestamp, body),
+        }
+        if basic is not None:
+            headers["Authorization"] = basic
+        t0 = time.perf_counter()
+
+        def done(
+            result: str,
+            status: int | None = None,
+            error: str | None = None,
+            retry_after: float | None = None,
+        ) -> AttemptResult:
+            return AttemptResult(
+                result, status, error, retry_after, started, time.perf_counter() - t0
+            )
+
+        try:
+            async with self._session.post(
+                target,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as resp:
+                await resp.content.read(MAX_RESPONSE_BYTES)
+                if 200 <= resp.status < 300:
+                    return done("success", resp.status)
+                retry_after = None
+                if resp.status in (429, 503) and "Retry-After" in resp.headers:
+                    retry_after = parse_retry_after(resp.headers["Retry-After"], self._clock())
+                return done("http_error", resp.status, f"HTTP {resp.status}", retry_after)
+        except TimeoutError:
+            return done("timeout", error=f"timed out after {self._timeout_s:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            if is_policy_block(exc):
+                return done("blocked", error=BLOCKED_MESSAGE)
+            return done("connection_error", error=_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason that names no credentials (user-info never reaches the URL we send)."""
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return f"connection error: {os_error.strerror}"
+    return f"connection error: {type(exc).__name__}"

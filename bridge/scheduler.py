@@ -1,0 +1,396 @@
+"""The loop: claim due work, run it under the limits, record what happened.
+
+Thin glue around the pure decisions in ``model``: a poll's observation becomes a
+``PollRecord``, an attempt's result becomes the job's next state, and the store commits
+each before anything depends on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from bridge import model
+from bridge.delivery import AttemptResult, Deliverer
+from bridge.metrics import Metrics
+from bridge.model import Attempt, DeliveryWork, PollRecord, Recorded, WatchWork
+from bridge.pacing import Pause, PauseBoard, RateLimiter
+from bridge.settings import Settings
+from bridge.store.base import Store, StoreError
+from bridge.upstream import (
+    Garbage,
+    NotFound,
+    Observation,
+    Rejected,
+    Status,
+    Throttled,
+    Transient,
+    UpstreamClient,
+)
+from bridge.webhooks import SecretBook
+
+log = structlog.get_logger("bridge.scheduler")
+
+# The longest the loop sleeps without looking at the store: bounds how late work found
+# by other means (another replica, a clock jump) can start.
+MAX_IDLE = 0.5
+# How often tracking jobs are checked against their deadline.
+EXPIRY_EVERY = 1.0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        upstream: UpstreamClient,
+        deliverer: Deliverer,
+        secrets: SecretBook,
+        metrics: Metrics,
+        pauses: PauseBoard,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.upstream = upstream
+        self.deliverer = deliverer
+        self.secrets = secrets
+        self.metrics = metrics
+        self.pauses = pauses
+        self.clock = clock
+        self.rand = rand
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.limiter = RateLimiter(settings.upstream_rps)
+        self._upstream_slots = asyncio.Semaphore(settings.upstream_concurrency)
+        self._polls: set[asyncio.Task[None]] = set()
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, bool] = {}  # job id -> canceled while in flight
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._next_expiry = 0.0
+        self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
+        # A job may start no later than half its lease after the claim (see claim limits).
+        self._claim_window = max(1, int(settings.upstream_rps * settings.lease / 2))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def note_canceled(self, job_id: str) -> None:
+        """A job was canceled through the API: an attempt not yet sent must not start."""
+        if job_id in self._in_flight:
+            self._in_flight[job_id] = True
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, give in-flight work ``grace`` seconds, then give back leases."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        pending = self._polls | self._deliveries
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+                log.warning("shutdown_cut_work_short", tasks=len(late))
+        with contextlib.suppress(StoreError):
+            await self.store.release(self.owner)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                busy = await self._tick()
+            except StoreError as exc:
+                log.error("store_unavailable", error=str(exc))
+                busy = False
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("scheduler_tick_failed")
+                busy = False
+                await asyncio.sleep(1.0)
+            if busy or self._stopping:
+                continue
+            await self._idle()
+
+    async def _idle(self) -> None:
+        timeout = MAX_IDLE
+        with contextlib.suppress(StoreError):
+            due = await self.store.next_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - self.clock()))
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def run_once(self) -> int:
+        """Claim everything due now and wait for it to finish; return how much ran (tests)."""
+        started = 0
+        while True:
+            before = len(self._polls) + len(self._deliveries)
+            await self._tick()
+            tasks = self._polls | self._deliveries
+            if not tasks:
+                return started
+            started += len(tasks) - before if len(tasks) > before else 0
+            await asyncio.wait(tasks)
+
+    async def _tick(self) -> bool:
+        """One look at the store; True if it found a full batch (more may be due)."""
+        now = self.clock()
+        full = False
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRY_EVERY
+            expired = await self.store.expire_due(now=now)
+            self._outcomes(expired)
+        free = self.settings.upstream_concurrency - len(self._polls)
+        paused_all, paused_kinds = self.pauses.paused(now)
+        if free > 0 and not paused_all:
+            limit = min(free, self._claim_window)
+            watches = await self.store.claim_due_watches(
+                self.owner,
+                now=now,
+                lease=self.settings.lease,
+                limit=limit,
+                skip_kinds=paused_kinds,
+            )
+            for w in watches:
+                self._spawn(self._polls, self._poll(w))
+            full = full or len(watches) == limit
+        free = self.settings.callback_concurrency - len(self._deliveries)
+        if free > 0:
+            deliveries = await self.store.claim_due_deliveries(
+                self.owner, now=now, lease=self.settings.lease, limit=free
+            )
+            for d in deliveries:
+                self._in_flight[d.job_id] = False
+                self._spawn(self._deliveries, self._deliver(d))
+            full = full or len(deliveries) == free
+        return full
+
+    def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work)
+        group.add(task)
+
+        def finished(t: asyncio.Task[None]) -> None:
+            group.discard(t)
+            # A freed slot may let the loop claim more.
+            self._wake.set()
+
+        task.add_done_callback(finished)
+
+    # -- polling ---------------------------------------------------------------------------
+
+    async def _poll(self, w: WatchWork) -> None:
+        try:
+            async with self._upstream_slots:
+                await self.limiter.acquire(lambda: self._pause_left(w.kind))
+                started = self.clock()
+                self.metrics.scheduler_lag.observe(max(0.0, started - w.due_at))
+                observation = await self.upstream.status(w.kind, w.token)  # type: ignore[arg-type]
+            now = self.clock()
+            record = self._decide(w, observation, started, now)
+            recorded = await self.store.record_poll(w.id, self.owner, record)
+        except Exception:
+            log.exception("poll_failed", kind=w.kind, token=w.token)
+            return
+        self._outcomes(recorded)
+        if recorded:
+            self._wake.set()
+
+    def _pause_left(self, kind: str) -> float:
+        now = self.clock()
+        return self.pauses.until(kind, now) - now
+
+    def _decide(self, w: WatchWork, obs: Observation, started: float, now: float) -> PollRecord:
+        s = self.settings
+        # What a poll without a status answer keeps: the interval, and the counters the
+        # branch below does not reset.
+        base: dict[str, Any] = {
+            "started_at": started,
+            "polled_at": now,
+            "not_found": w.not_found,
+            "failures": w.failures,
+            "interval": w.interval,
+            "answered": False,
+        }
+        log_kw = {"kind": w.kind, "token": w.token}
+        if isinstance(obs, Status):
+            self._clear_rejections(w.kind)
+            changed = obs.status != w.status
+            interval = model.next_poll_interval(
+                w.interval, changed, s.poll_min_interval, s.poll_max_interval
+            )
+            outcome = obs.status if obs.is_terminal else None
+            if changed:
+                log.info("upstream_status_changed", status=obs.status, previous=w.status, **log_kw)
+            return PollRecord(
+                started_at=started,
+                polled_at=now,
+                next_poll_at=now + model.jittered(interval, 0.1, self.rand()),
+                not_found=0,
+                failures=0,
+                interval=interval,
+                answered=True,
+                status=obs.status,
+                error=obs.error,
+                result_json=model.compact_json(obs.result) if obs.result is not None else None,
+                changed=changed,
+                outcome=outcome,
+                outcome_error=obs.error,
+            )
+        if isinstance(obs, NotFound):
+            misses = w.not_found + 1
+            log.info("upstream_not_found", misses=misses, **log_kw)
+            gone = misses >= model.NOT_FOUND_LIMIT
+            return PollRecord(
+                **{**base, "not_found": misses, "failures": 0},
+                next_poll_at=now + model.jittered(s.poll_min_interval, 0.1, self.rand()),
+                outcome="not_found" if gone else None,
+                outcome_error=model.NOT_FOUND_ERROR if gone else None,
+            )
+        if isinstance(obs, Throttled):
+            until = now + obs.retry_after
+            self.metrics.upstream_throttled.inc()
+            self.pauses.set("throttled", Pause("throttled (429)", until))
+            log.warning("upstream_throttled", retry_after_s=obs.retry_after, **log_kw)
+            return PollRecord(
+                **base,
+                next_poll_at=until + model.jittered(0.5, 1.0, self.rand()),
+            )
+        if isinstance(obs, Rejected):
+            until = self._pause_for_rejection(obs, now)
+            return PollRecord(
+                **base,
+                next_poll_at=until,
+            )
+        assert isinstance(obs, Transient | Garbage)
+        failures = w.failures + 1
+        delay = model.failure_backoff(failures, s.poll_min_interval, s.poll_max_interval)
+        log.warning("upstream_poll_failed", reason=obs.reason, failures=failures, **log_kw)
+        return PollRecord(
+            **{**base, "failures": failures},
+            next_poll_at=now + model.jittered(delay, 0.1, self.rand()),
+        )
+
+    def _pause_for_rejection(self, obs: Rejected, now: float) -> float:
+        if obs.kind is not None:
+            key, reason = f"rejected:{obs.kind}", f"{obs.kind} conversion refused ({obs.code})"
+        elif obs.code in (401, 403):
+            key, reason = "rejected", f"credentials rejected ({obs.code})"
+        else:
+            key, reason = "rejected", f"request rejected ({obs.code})"
+        self._rejections[key] = self._rejections.get(key, 0) + 1
+        pause = model.pause_backoff(self._rejections[key])
+        until = now + pause
+        self.pauses.set(key, Pause(reason, until, obs.kind))
+        log.error(
+            "upstream_paused",
+            reason=reason,
+            detail=obs.detail,
+            pause_s=pause,
+            message="Uploadcare refused the bridge's requests; check UPLOADCARE_PUBLIC_KEY, "
+            "UPLOADCARE_SECRET_KEY, BRIDGE_UPSTREAM_AUTH and the project's features. No job "
+            "fails because of this; polling resumes after the pause.",
+        )
+        return until
+
+    def _clear_rejections(self, kind: str) -> None:
+        """A status answer for ``kind`` shows requests for it are accepted again."""
+        for key in ("rejected", f"rejected:{kind}"):
+            if self._rejections.pop(key, None) is not None:
+                self.pauses.clear(key)
+                log.info("upstream_resumed", pause=key)
+
+    def _outcomes(self, recorded: list[Recorded]) -> None:
+        for r in recorded:
+            self.metrics.outcomes.labels(r.kind, r.outcome).inc()
+            log.info("job_outcome", job_id=r.job_id, kind=r.kind, token=r.token, outcome=r.outcome)
+
+    # -- delivery --------------------------------------------------------------------------
+
+    async def _deliver(self, d: DeliveryWork) -> None:
+        try:
+            await self._attempt(d)
+        except Exception:
+            log.exception("delivery_failed", job_id=d.job_id, kind=d.kind, token=d.token)
+        finally:
+            self._in_flight.pop(d.job_id, None)
+
+    async def _attempt(self, d: DeliveryWork) -> None:
+        kw = {"job_id": d.job_id, "kind": d.kind, "token": d.token}
+        secrets = await self.secrets.for_tenant(d.tenant)
+        if self._in_flight.get(d.job_id):
+            log.info("delivery_skipped_canceled", **kw)
+            return
+        self.metrics.scheduler_lag.observe(max(0.0, self.clock() - d.due_at))
+        res = await self.deliverer.attempt(
+            d.callback_url, d.body, model.webhook_id(d.job_id), secrets
+        )
+        self.metrics.callback_attempts.labels(res.result).inc()
+        self.metrics.callback_duration.observe(res.duration)
+        state, next_at = self._after_attempt(d, res)
+        attempt = Attempt(
+            n=d.attempts + 1,
+            at=res.started_at,
+            duration_ms=round(res.duration * 1000),
+            response_status=res.status,
+            error=res.error,
+        )
+        changed = await self.store.record_attempt(
+            d.job_id, self.owner, attempt, next_state=state, next_attempt_at=next_at
+        )
+        if not changed:
+            log.info("callback_attempt_after_cancel", n=attempt.n, result=res.result, **kw)
+            return
+        if state == model.DELIVERED:
+            self.metrics.deliveries.labels("delivered").inc()
+            finished = res.started_at + res.duration
+            self.metrics.notification_latency.observe(max(0.0, finished - d.outcome_at))
+            log.info("job_delivered", n=attempt.n, status=res.status, **kw)
+        elif state == model.UNDELIVERABLE:
+            self.metrics.deliveries.labels("undeliverable").inc()
+            log.warning("job_undeliverable", n=attempt.n, status=res.status, error=res.error, **kw)
+        else:
+            log.info(
+                "callback_retry_scheduled",
+                n=attempt.n,
+                result=res.result,
+                status=res.status,
+                error=res.error,
+                next_attempt_at=model.rfc3339(next_at),
+                **kw,
+            )
+
+    def _after_attempt(self, d: DeliveryWork, res: AttemptResult) -> tuple[str, float | None]:
+        if res.delivered:
+            return model.DELIVERED, None
+        if res.gone:
+            return model.UNDELIVERABLE, None
+        delay = model.retry_delay(
+            d.round_attempts + 1,
+            self.settings.callback_retry_schedule,
+            res.retry_after,
+            self.rand(),
+        )
+        if delay is None:
+            return model.UNDELIVERABLE, None
+        return model.DELIVERING, res.started_at + res.duration + delay

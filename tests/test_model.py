@@ -1,0 +1,144 @@
+"""The pure decisions, by table: no network, no clock but the one passed in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from bridge import model
+from bridge.pacing import Pause, PauseBoard, RateLimiter
+
+SCHEDULE = (5.0, 300.0, 1800.0)
+
+
+@pytest.mark.parametrize(
+    ("previous", "changed", "expected"),
+    [
+        (None, False, 2.0),
+        (None, True, 2.0),
+        (2.0, False, 3.0),
+        (3.0, False, 4.5),
+        (50.0, False, 60.0),
+        (60.0, False, 60.0),
+        (40.0, True, 2.0),
+        (1.0, False, 2.0),
+    ],
+)
+def test_poll_interval_grows_while_unchanged(
+    previous: float | None, changed: bool, expected: float
+) -> None:
+    assert model.next_poll_interval(previous, changed, 2.0, 60.0) == expected
+
+
+@pytest.mark.parametrize(("rand", "expected"), [(0.0, 9.0), (0.5, 10.0), (0.999999, 11.0)])
+def test_jitter_bounds(rand: float, expected: float) -> None:
+    assert model.jittered(10.0, 0.1, rand) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected"), [(1, 4.0), (2, 8.0), (3, 16.0), (5, 60.0), (100, 60.0)]
+)
+def test_failure_backoff(failures: int, expected: float) -> None:
+    assert model.failure_backoff(failures, 2.0, 60.0) == expected
+
+
+@pytest.mark.parametrize(("pauses", "expected"), [(1, 5.0), (2, 10.0), (3, 20.0), (20, 600.0)])
+def test_pause_backoff(pauses: int, expected: float) -> None:
+    assert model.pause_backoff(pauses) == expected
+
+
+@pytest.mark.parametrize(
+    ("attempts", "retry_after", "rand", "expected"),
+    [
+        (1, None, 0.5, 5.0),  # the first retry waits the schedule's first delay
+        (1, None, 0.0, 4.0),  # -20%
+        (1, None, 1.0, 6.0),  # +20%
+        (2, None, 0.5, 300.0),
+        (3, None, 1.0, 1800.0),  # +20% would pass the longest delay: capped
+        (1, 60.0, 0.5, 60.0),  # Retry-After raises the wait
+        (2, 60.0, 0.5, 300.0),  # ... but never lowers it
+        (1, 9999.0, 0.5, 1800.0),  # ... and the longest delay caps it
+        (4, None, 0.5, None),  # the schedule is spent
+    ],
+)
+def test_retry_delay(
+    attempts: int, retry_after: float | None, rand: float, expected: float | None
+) -> None:
+    got = model.retry_delay(attempts, SCHEDULE, retry_after, rand)
+    assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_callback_body_shape() -> None:
+    body = model.callback_body(
+        job_id="job_01jdx2v9q4k8m3n6p7r5s2t0wa",
+        kind="video",
+        token=426339926,
+        outcome="finished",
+        error=None,
+        result_json='{"uuid":"u","thumbnails_group_uuid":"g~1"}',
+        metadata_json='{"order":"A-1001"}',
+        seen_at=1_800_000_072.5,
+    )
+    assert json.loads(body) == {
+        "type": "video.conversion.finished",
+        "timestamp": "2027-01-15T08:01:12.500Z",
+        "data": {
+            "job_id": "job_01jdx2v9q4k8m3n6p7r5s2t0wa",
+            "kind": "video",
+            "token": 426339926,
+            "status": "finished",
+            "error": None,
+            "result": {"uuid": "u", "thumbnails_group_uuid": "g~1"},
+            "metadata": {"order": "A-1001"},
+        },
+    }
+
+
+def test_ids() -> None:
+    a, b = model.new_job_id(1.0), model.new_job_id(2.0)
+    assert a < b and len(a) == 30
+    assert model.webhook_id(a) == "msg_" + a[4:]
+
+
+def test_redact_url() -> None:
+    assert model.redact_url("https://u:p@h.example/x?q=1") == "https://***@h.example/x?q=1"
+    assert model.redact_url("https://h.example/x") == "https://h.example/x"
+
+
+def test_pause_board() -> None:
+    now = [100.0]
+    board = PauseBoard(lambda: now[0])
+    assert board.describe() == {"state": "ok"}
+    board.set("rejected:video", Pause("video conversion refused (400)", 110.0, "video"))
+    assert board.paused(now[0]) == (False, ("video",))
+    assert board.until("video", now[0]) == 110.0
+    assert board.until("document", now[0]) == 100.0
+    board.set("throttled", Pause("throttled (429)", 105.0))
+    assert board.paused(now[0]) == (True, ("video",))
+    assert board.until("document", now[0]) == 105.0
+    now[0] = 111.0
+    assert board.describe() == {"state": "ok"}
+
+
+async def test_rate_limiter_spaces_requests() -> None:
+    limiter = RateLimiter(200.0)  # 5 ms apart
+    stamps = []
+    for _ in range(20):
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+    # Slots are 1/rps apart: n requests span at least (n - 1)/rps, in every stretch of them.
+    for i in range(len(stamps)):
+        for j in range(i + 1, len(stamps)):
+            assert stamps[j] - stamps[i] >= (j - i - 1) * 0.005
+
+
+async def test_rate_limiter_holds_requests_during_a_pause() -> None:
+    limiter = RateLimiter(1000.0)
+    until = time.monotonic() + 0.2
+    started = time.monotonic()
+    await asyncio.wait_for(limiter.acquire(lambda: until - time.monotonic()), 5)
+    assert time.monotonic() >= until
+    assert time.monotonic() - started >= 0.2 - 0.001
