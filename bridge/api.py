@@ -276,6 +276,8 @@ async def register(request: web.Request) -> web.Response:
     except Conflict as exc:
         raise Problem(409, str(exc)) from None
     if created:
+        if (scheduler := request.app.get(keys.SCHEDULER)) is not None:
+            scheduler.wake()  # its first poll may be due sooner than the loop would look
         request.app[keys.METRICS].jobs_registered.labels(job.kind).inc()
         log.info(
             "job_registered",

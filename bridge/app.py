@@ -17,7 +17,7 @@ from bridge.delivery import USER_AGENT, Deliverer, callback_session
 from bridge.logs import redactor
 from bridge.metrics import Metrics
 from bridge.netpolicy import NetworkPolicy
-from bridge.pacing import PauseBoard
+from bridge.pacing import PauseBoard, RateLimiter
 from bridge.scheduler import Scheduler
 from bridge.settings import Settings
 from bridge.store import Store, open_store
@@ -77,6 +77,7 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.upstream_requests.labels(code).inc()
         metrics.upstream_duration.observe(seconds)
 
+    limiter = RateLimiter(settings.upstream_rps)
     async with (
         aiohttp.ClientSession() as upstream_session,
         callback_session(app[keys.POLICY], settings.callback_concurrency) as callbacks,
@@ -90,6 +91,7 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
             timeout=settings.upstream_timeout,
             user_agent=USER_AGENT,
             on_request=on_request,
+            before_retry=limiter.acquire,
         )
         scheduler = Scheduler(
             settings=settings,
@@ -102,6 +104,7 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
             pauses=app[keys.PAUSES],
             clock=app[keys.CLOCK],
+            limiter=limiter,
         )
         app[keys.SCHEDULER] = scheduler
         scheduler.start()

@@ -28,6 +28,9 @@ class PauseBoard:
     def set(self, key: str, pause: Pause) -> None:
         self._pauses[key] = pause
 
+    def get(self, key: str) -> Pause | None:
+        return self._pauses.get(key)
+
     def clear(self, key: str) -> None:
         self._pauses.pop(key, None)
 

@@ -59,6 +59,7 @@ class Scheduler:
         pauses: PauseBoard,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -70,7 +71,7 @@ class Scheduler:
         self.clock = clock
         self.rand = rand
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self.limiter = RateLimiter(settings.upstream_rps)
+        self.limiter = limiter or RateLimiter(settings.upstream_rps)
         self._upstream_slots = asyncio.Semaphore(settings.upstream_concurrency)
         self._polls: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -298,6 +299,11 @@ class Scheduler:
             key, reason = "rejected", f"credentials rejected ({obs.code})"
         else:
             key, reason = "rejected", f"request rejected ({obs.code})"
+        current = self.pauses.get(key)
+        if current is not None and current.until > now:
+            # Requests that were in flight when the pause began: the same episode, not a
+            # reason to pause longer.
+            return current.until
         self._rejections[key] = self._rejections.get(key, 0) + 1
         pause = model.pause_backoff(self._rejections[key])
         until = now + pause

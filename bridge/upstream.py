@@ -19,7 +19,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, Final, Literal, TypeAlias
@@ -267,14 +267,22 @@ class _ConnectionFailed(aiohttp.ClientConnectionError):
 class _Attempts:
     """Reports every HTTP request of one ``status`` call to the hook, exactly once each."""
 
-    def __init__(self, hook: RequestHook | None) -> None:
+    def __init__(
+        self, hook: RequestHook | None, before_retry: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._hook = hook
+        self._before_retry = before_retry
+        self._sent = 0
         self._open_since: float | None = None
         self.last_failure: str | None = None  # a Transient reason for the latest failed try
 
     async def middleware(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
+        self._sent += 1
+        if self._sent > 1 and self._before_retry is not None:
+            # A retry is a request like any other: it waits for its rate slot too.
+            await self._before_retry()
         self._open_since = time.monotonic()
         try:
             return await handler(request)
@@ -317,13 +325,16 @@ class UpstreamClient:
     lease longer than it always outlasts the call. ``on_request(code, seconds)`` is called
     once for every HTTP request actually sent, retries included; ``code`` is the HTTP
     status as a string, ``"timeout"`` or ``"error"``. A request abandoned because the
-    caller cancelled ``status`` is not reported. The session must have no ``base_url``
+    caller cancelled ``status`` is not reported. ``before_retry()`` is awaited before each
+    in-request retry (the caller's rate limiter), so retries count against the same budget
+    as first tries. The session must have no ``base_url``
     and no ``raise_for_status``; it is shared and never closed here.
     """
 
     __slots__ = (
         "_auth",
         "_base_url",
+        "_before_retry",
         "_now",
         "_on_request",
         "_public_key",
@@ -345,6 +356,7 @@ class UpstreamClient:
         timeout: float = 10.0,
         user_agent: str,
         on_request: RequestHook | None = None,
+        before_retry: Callable[[], Awaitable[None]] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         if auth not in ("signed", "simple"):
@@ -359,6 +371,7 @@ class UpstreamClient:
         self._timeout = timeout
         self._user_agent = user_agent
         self._on_request = on_request
+        self._before_retry = before_retry
         self._now = now  # wall clock, for the Date header and HTTP-date Retry-After
         self._retry = RetryClient(
             client_session=session,
@@ -398,7 +411,7 @@ class UpstreamClient:
         if isinstance(token, bool) or not isinstance(token, int) or token < 1:
             raise ValueError("token must be a positive integer")
         url = URL(f"{self._base_url}/convert/{kind}/status/{token}/")
-        attempts = _Attempts(self._on_request)
+        attempts = _Attempts(self._on_request, self._before_retry)
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._send(url, attempts)

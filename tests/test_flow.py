@@ -162,7 +162,8 @@ async def test_a_job_registered_while_the_deciding_poll_is_in_flight(tmp_path: P
             delay=0.6,
         )
         first = await register(client, token, rec.url + "/first", kind="document")
-        await asyncio.sleep(0.3)
+        while not up.fake.status_requests(token=token):  # the slow poll is on the wire
+            await asyncio.sleep(0.01)
         second = await register(client, token, rec.url + "/second", kind="document")
         await rec.wait_for(lambda: len(rec.calls) == 2)
         one = await wait_state(client, first["id"], ("delivered",))
