@@ -51,7 +51,14 @@ def create_app(
     app.cleanup_ctx.append(_retention_ctx)
     if with_scheduler:
         app.cleanup_ctx.append(_scheduler_ctx)
+        app.on_shutdown.append(_stop_claiming)
     return app
+
+
+async def _stop_claiming(app: web.Application) -> None:
+    # Runs as soon as the server stops accepting: in-flight work keeps the whole grace.
+    if (scheduler := app.get(keys.SCHEDULER)) is not None:
+        scheduler.stop_claiming()
 
 
 def _pause_metric_sync(app: web.Application) -> Callable[[], None]:

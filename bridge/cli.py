@@ -51,8 +51,13 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
+    # API requests are short; the shutdown grace is mostly for the scheduler's work, which
+    # drains in parallel (it stops claiming as soon as the listener closes).
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_grace
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=min(5.0, settings.shutdown_grace),
     )
     try:
         await runner.setup()

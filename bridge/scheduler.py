@@ -81,6 +81,7 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._next_expiry = 0.0
         self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
+        self._pause_changes: set[str] = set()  # pause keys to write to the store
         # A job may start no later than half its lease after the claim (see claim limits).
         self._claim_window = max(1, int(settings.upstream_rps * settings.lease / 2))
 
@@ -97,10 +98,14 @@ class Scheduler:
         if job_id in self._in_flight:
             self._in_flight[job_id] = True
 
-    async def stop(self, grace: float) -> None:
-        """Stop claiming, give in-flight work ``grace`` seconds, then give back leases."""
+    def stop_claiming(self) -> None:
+        """The first step of a shutdown: take no new work; what is in flight goes on."""
         self._stopping = True
         self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, give in-flight work ``grace`` seconds, then give back leases."""
+        self.stop_claiming()
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
@@ -160,6 +165,7 @@ class Scheduler:
         full = False
         if now >= self._next_expiry:
             self._next_expiry = now + EXPIRY_EVERY
+            await self._adopt_pauses(now)
             expired = await self.store.expire_due(now=now)
             self._outcomes(expired)
         free = self.settings.upstream_concurrency - len(self._polls)
@@ -209,6 +215,7 @@ class Scheduler:
                 observation = await self.upstream.status(w.kind, w.token)  # type: ignore[arg-type]
             now = self.clock()
             record = self._decide(w, observation, started, now)
+            await self._share_pauses()
             recorded = await self.store.record_poll(w.id, self.owner, record)
         except Exception:
             log.exception("poll_failed", kind=w.kind, token=w.token)
@@ -216,6 +223,23 @@ class Scheduler:
         self._outcomes(recorded)
         if recorded:
             self._wake.set()
+
+    async def _share_pauses(self) -> None:
+        """Write pauses set or lifted here, so every process on the database honours them."""
+        while self._pause_changes:
+            key = self._pause_changes.pop()
+            pause = self.pauses.get(key)
+            if pause is None:
+                await self.store.set_pause(key, "", 0, None)
+            else:
+                await self.store.set_pause(key, pause.reason, pause.until, pause.kind)
+
+    async def _adopt_pauses(self, now: float) -> None:
+        """Take up pauses other processes stored (a 429 seen by any replica stops them all)."""
+        for key, reason, until, kind in await self.store.pauses():
+            mine = self.pauses.get(key)
+            if until > now and (mine is None or mine.until < until):
+                self.pauses.set(key, Pause(reason, until, kind))
 
     def _pause_left(self, kind: str) -> float:
         now = self.clock()
@@ -272,6 +296,7 @@ class Scheduler:
             until = now + obs.retry_after
             self.metrics.upstream_throttled.inc()
             self.pauses.set("throttled", Pause("throttled (429)", until))
+            self._pause_changes.add("throttled")
             log.warning("upstream_throttled", retry_after_s=obs.retry_after, **log_kw)
             return PollRecord(
                 **base,
@@ -308,6 +333,7 @@ class Scheduler:
         pause = model.pause_backoff(self._rejections[key])
         until = now + pause
         self.pauses.set(key, Pause(reason, until, obs.kind))
+        self._pause_changes.add(key)
         log.error(
             "upstream_paused",
             reason=reason,
@@ -324,6 +350,7 @@ class Scheduler:
         for key in ("rejected", f"rejected:{kind}"):
             if self._rejections.pop(key, None) is not None:
                 self.pauses.clear(key)
+                self._pause_changes.add(key)
                 log.info("upstream_resumed", pause=key)
 
     def _outcomes(self, recorded: list[Recorded]) -> None:

@@ -104,6 +104,16 @@ class Store(Protocol):
     ) -> bool:
         """Commit an attempt and what follows; False if the job left ``delivering`` meanwhile."""
 
+    async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None:
+        """Record an upstream pause for every process on this database to honour.
+
+        A pause never shortens one already stored under ``key`` unless it has ended;
+        ``until`` 0 ends it.
+        """
+
+    async def pauses(self) -> list[tuple[str, str, float, str | None]]:
+        """Every stored pause: (key, reason, until, kind)."""
+
     async def release(self, owner: str) -> None:
         """Give back every lease ``owner`` holds."""
 

@@ -747,6 +747,28 @@ class SQLiteStore:
 
         return await self._call(record_sync)
 
+    async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None:
+        def set_sync() -> None:
+            with self._tx() as c:
+                if until <= 0:
+                    c.execute("DELETE FROM pauses WHERE key = ?", (key,))
+                    return
+                c.execute(
+                    "INSERT INTO pauses (key, reason, until, kind) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET reason = excluded.reason,"
+                    " until = max(pauses.until, excluded.until), kind = excluded.kind",
+                    (key, reason, until, kind),
+                )
+
+        await self._call(set_sync)
+
+    async def pauses(self) -> list[tuple[str, str, float, str | None]]:
+        def pauses_sync() -> list[tuple[str, str, float, str | None]]:
+            rows = self._db().execute("SELECT key, reason, until, kind FROM pauses ORDER BY key")
+            return [(r[0], r[1], float(r[2]), r[3]) for r in rows]
+
+        return await self._call(pauses_sync)
+
     async def release(self, owner: str) -> None:
         def release_sync() -> None:
             with self._tx() as c:

@@ -81,3 +81,11 @@ CREATE TABLE signing_secrets (
     secret     TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+
+-- Upstream pauses (429, rejected credentials), shared by every process on the database.
+CREATE TABLE pauses (
+    key    TEXT PRIMARY KEY,  -- "throttled", "rejected" or "rejected:<kind>"
+    reason TEXT NOT NULL,
+    until  REAL NOT NULL,
+    kind   TEXT
+);
