@@ -82,8 +82,10 @@ class Scheduler:
         self._next_expiry = 0.0
         self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
         self._pause_changes: set[str] = set()  # pause keys to write to the store
-        # A job may start no later than half its lease after the claim (see claim limits).
-        self._claim_window = max(1, int(settings.upstream_rps * settings.lease / 2))
+        # Claim no more polls than the rate limit lets start well within the lease: a poll
+        # must start with at least BRIDGE_UPSTREAM_TIMEOUT of its lease left (see _poll).
+        self._start_within = settings.lease - settings.upstream_timeout
+        self._claim_window = max(1, int(settings.upstream_rps * self._start_within / 2))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -179,8 +181,9 @@ class Scheduler:
                 limit=limit,
                 skip_kinds=paused_kinds,
             )
+            claimed = time.monotonic()
             for w in watches:
-                self._spawn(self._polls, self._poll(w))
+                self._spawn(self._polls, self._poll(w, claimed))
             full = full or len(watches) == limit
         free = self.settings.callback_concurrency - len(self._deliveries)
         if free > 0:
@@ -206,10 +209,17 @@ class Scheduler:
 
     # -- polling ---------------------------------------------------------------------------
 
-    async def _poll(self, w: WatchWork) -> None:
+    async def _poll(self, w: WatchWork, claimed: float) -> None:
         try:
             async with self._upstream_slots:
                 await self.limiter.acquire(lambda: self._pause_left(w.kind))
+                if self._stopping:
+                    return  # not started: given back with the leases when the stop ends
+                if time.monotonic() - claimed > self._start_within:
+                    # Held back so long (a long pause) that the lease could lapse mid-request
+                    # and another replica poll the same token: leave it to the next claim.
+                    log.info("poll_lease_lapsed", kind=w.kind, token=w.token)
+                    return
                 started = self.clock()
                 self.metrics.scheduler_lag.observe(max(0.0, started - w.due_at))
                 observation = await self.upstream.status(w.kind, w.token)  # type: ignore[arg-type]
