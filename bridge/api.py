@@ -434,7 +434,10 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     m = request.app[keys.METRICS]
     # Gauges of the shared database are read at scrape time, so they cannot drift.
-    m.set_job_counts(await request.app[keys.STORE].count_by_state())
+    store = request.app[keys.STORE]
+    m.set_job_counts(await store.count_by_state())
+    now = request.app[keys.CLOCK]()
+    m.set_backlog(await store.backlog(now=now), now)
     request.app[keys.SYNC_PAUSE_METRIC]()
     return web.Response(
         body=m.exposition(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}

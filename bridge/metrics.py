@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import generate_latest
 
 from bridge import __version__
@@ -85,6 +93,21 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.backlog = Gauge(
+            "bridge_backlog",
+            "Work due now and not yet started, in the whole database.",
+            ["work"],
+            registry=r,
+        )
+        self.backlog_oldest = Gauge(
+            "bridge_backlog_oldest_seconds",
+            "How long the oldest due, unstarted item has been due (0 when none).",
+            ["work"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         # Known label values start at zero, so rates and absent() behave from the first scrape.
         for kind in KINDS:
             self.jobs_registered.labels(kind)
@@ -100,6 +123,12 @@ class Metrics:
     def set_job_counts(self, counts: dict[str, int]) -> None:
         for state in STATES:
             self.jobs.labels(state).set(counts.get(state, 0))
+
+    def set_backlog(self, backlog: dict[str, tuple[int, float | None]], now: float) -> None:
+        for work in ("poll", "delivery"):
+            count, oldest = backlog.get(work, (0, None))
+            self.backlog.labels(work).set(count)
+            self.backlog_oldest.labels(work).set(max(0.0, now - oldest) if oldest else 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -117,3 +117,33 @@ async def test_retention_deletes_only_old_ended_jobs(
         assert (await c.get(f"/v1/jobs/{ids[0]}", headers=H)).status == 404
         assert (await c.get(f"/v1/jobs/{ids[1]}", headers=H)).status == 200
         assert (await c.get(f"/v1/jobs/{ids[2]}", headers=H)).status == 200  # still tracking
+
+
+async def test_backlog_metrics_show_due_unstarted_work(
+    make_settings: Callable[..., Settings], clock: FakeClock
+) -> None:
+    # No scheduler: what is due stays due, as when every worker is busy.
+    app = create_app(make_settings(), clock=clock, with_scheduler=False)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        for token in (1, 2):
+            await c.post("/v1/jobs", json={"token": token, "callback_url": URL}, headers=H)
+        clock.advance(0.5)  # the first polls fall due 1 s after registration
+
+        async def backlog() -> dict[tuple[str, str], float]:
+            text = await (await c.get("/metrics")).text()
+            return {
+                (s.name, s.labels["work"]): s.value
+                for f in text_string_to_metric_families(text)
+                if f.name.startswith("bridge_backlog")
+                for s in f.samples
+            }
+
+        assert (await backlog())[("bridge_backlog", "poll")] == 0
+        clock.advance(10)
+        values = await backlog()
+        assert values[("bridge_backlog", "poll")] == 2
+        assert values[("bridge_backlog_oldest_seconds", "poll")] == 9.5
+        assert values[("bridge_backlog", "delivery")] == 0
+        assert values[("bridge_backlog_oldest_seconds", "delivery")] == 0
+        text = await (await c.get("/metrics")).text()
+        assert "process_resident_memory_bytes" in text and "python_info" in text

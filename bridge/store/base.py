@@ -114,6 +114,9 @@ class Store(Protocol):
     async def pauses(self) -> list[tuple[str, str, float, str | None]]:
         """Every stored pause: (key, reason, until, kind)."""
 
+    async def backlog(self, *, now: float) -> dict[str, tuple[int, float | None]]:
+        """Work due and not started, for ``poll`` and ``delivery``: (count, oldest due time)."""
+
     async def release(self, owner: str) -> None:
         """Give back every lease ``owner`` holds."""
 

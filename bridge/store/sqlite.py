@@ -769,6 +769,23 @@ class SQLiteStore:
 
         return await self._call(pauses_sync)
 
+    async def backlog(self, *, now: float) -> dict[str, tuple[int, float | None]]:
+        def backlog_sync() -> dict[str, tuple[int, float | None]]:
+            db = self._db()
+            polls = db.execute(
+                "SELECT count(*), min(next_poll_at) FROM watches WHERE next_poll_at <= ?"
+                " AND (lease_until IS NULL OR lease_until < ?)",
+                (now, now),
+            ).fetchone()
+            deliveries = db.execute(
+                "SELECT count(*), min(next_attempt_at) FROM jobs WHERE state = 'delivering'"
+                " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)",
+                (now, now),
+            ).fetchone()
+            return {"poll": (polls[0], polls[1]), "delivery": (deliveries[0], deliveries[1])}
+
+        return await self._call(backlog_sync)
+
     async def release(self, owner: str) -> None:
         def release_sync() -> None:
             with self._tx() as c:
