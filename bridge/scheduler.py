@@ -82,6 +82,8 @@ class Scheduler:
         self._next_expiry = 0.0
         self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
         self._pause_changes: set[str] = set()  # pause keys to write to the store
+        self._notices: set[asyncio.Task[None]] = set()
+        self._started: set[asyncio.Task[None] | None] = set()  # polls whose request went out
         # Claim no more polls than the rate limit lets start well within the lease: a poll
         # must start with at least BRIDGE_UPSTREAM_TIMEOUT of its lease left (see _poll).
         self._start_within = settings.lease - settings.upstream_timeout
@@ -111,6 +113,9 @@ class Scheduler:
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        for task in self._polls - self._started:
+            # Still waiting for a rate slot or a pause: give it back now, not at the grace.
+            task.cancel()
         pending = self._polls | self._deliveries
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace)
@@ -122,7 +127,17 @@ class Scheduler:
         with contextlib.suppress(StoreError):
             await self.store.release(self.owner)
 
+    def _pause_notice(self) -> None:
+        task = asyncio.create_task(self._adopt_pauses(self.clock()))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
     async def _run(self) -> None:
+        try:
+            await self.store.listen_pauses(self._pause_notice)
+        except StoreError as exc:
+            # Pauses still reach this process each second through the store.
+            log.warning("pause_notices_unavailable", error=str(exc))
         while not self._stopping:
             try:
                 busy = await self._tick()
@@ -215,6 +230,7 @@ class Scheduler:
                 await self.limiter.acquire(lambda: self._pause_left(w.kind))
                 if self._stopping:
                     return  # not started: given back with the leases when the stop ends
+                self._started.add(asyncio.current_task())
                 if time.monotonic() - claimed > self._start_within:
                     # Held back so long (a long pause) that the lease could lapse mid-request
                     # and another replica poll the same token: leave it to the next claim.
@@ -230,6 +246,8 @@ class Scheduler:
         except Exception:
             log.exception("poll_failed", kind=w.kind, token=w.token)
             return
+        finally:
+            self._started.discard(asyncio.current_task())
         self._outcomes(recorded)
         if recorded:
             self._wake.set()

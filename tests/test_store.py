@@ -3,25 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from bridge.model import NewJob
-from bridge.store import Conflict, Store, StoreError
+from bridge.model import (
+    EXPIRED_ERROR,
+    NOT_FOUND_ERROR,
+    Attempt,
+    DeliveryWork,
+    NewJob,
+    PollRecord,
+    Recorded,
+    callback_body,
+)
+from bridge.settings import Database
+from bridge.store import Conflict, Store, StoreError, open_store
+from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SQLiteStore
+from tests import pg
 
 T0 = 1_800_000_000.0
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", pg.POSTGRES])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = await SQLiteStore.open(str(tmp_path / "store.db"))
-    yield s
-    await s.close()
+    if request.param == "sqlite":
+        s = await SQLiteStore.open(str(tmp_path / "store.db"))
+        yield s
+        await s.close()
+    else:
+        async with pg.postgres_store() as p:
+            yield p
+
+
+async def rows_in(store: Store, table: str) -> int:
+    """How many rows ``table`` holds: what no verb shows (attempts of a purged job)."""
+    if isinstance(store, SQLiteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    assert isinstance(store, PostgresStore) and store.schema is not None
+    return int(await pg.fetchval(store.schema, f"SELECT count(*) FROM {table}"))
 
 
 def job(
@@ -140,6 +168,526 @@ async def test_signing_secret_is_made_once(store: Store, tmp_path: Path) -> None
     assert other == "whsec_third"
 
 
+# -- the scheduler's verbs -------------------------------------------------------------------
+
+LONG = 30.0  # a lease no test outlives
+
+
+def seen(
+    started: float,
+    polled: float,
+    *,
+    next_at: float | None = None,
+    status: str | None = "processing",
+    result: str | None = None,
+    outcome: str | None = None,
+    changed: bool = True,
+) -> PollRecord:
+    """A poll that got a status answer."""
+    return PollRecord(
+        started_at=started,
+        polled_at=polled,
+        next_poll_at=polled + 2 if next_at is None else next_at,
+        not_found=0,
+        failures=0,
+        interval=2.0,
+        answered=True,
+        status=status,
+        result_json=result,
+        changed=changed,
+        outcome=outcome,
+        outcome_error=None,
+    )
+
+
+async def reg_at(store: Store, new: NewJob, now: float, first_poll_at: float) -> str:
+    j, _ = await store.register(new, now=now, first_poll_at=first_poll_at, deadline_at=now + 86400)
+    return j.id
+
+
+async def delivering(store: Store, token: int, at: float = T0 + 1, **kw: str) -> str:
+    """A job whose outcome (``finished``) was recorded at ``at``: its first attempt is due."""
+    job_id, _ = await reg(store, job(token=token, **kw), now=at - 1)
+    claimed = await store.claim_due_watches("poller", now=at, lease=LONG, limit=1)
+    assert [w.token for w in claimed] == [token]
+    recorded = await store.record_poll(
+        claimed[0].id, "poller", seen(at, at, status="finished", outcome="finished")
+    )
+    assert [r.job_id for r in recorded] == [job_id]
+    return job_id
+
+
+def attempt(n: int, at: float, status: int | None, error: str | None = None) -> Attempt:
+    return Attempt(n=n, at=at, duration_ms=50, response_status=status, error=error)
+
+
+async def test_claim_takes_due_watches_earliest_first(store: Store) -> None:
+    await reg_at(store, job(token=1), T0, T0 + 1)
+    await reg_at(store, job(token=2), T0, T0 + 3)
+    await reg_at(store, job(token=3), T0, T0 + 2)
+    await reg_at(store, job(token=4, kind="document"), T0, T0 + 1.5)
+    await reg_at(store, job(token=5), T0, T0 + 20)
+    first = await store.claim_due_watches(
+        "a", now=T0 + 2.5, lease=LONG, limit=10, skip_kinds=("document",)
+    )
+    assert [(w.kind, w.token, w.due_at) for w in first] == [
+        ("video", 1, T0 + 1),
+        ("video", 3, T0 + 2),
+    ]
+    assert all((w.status, w.interval, w.not_found, w.failures) == (None, None, 0, 0) for w in first)
+    # Claimed work stays with its owner; the limit counts; nothing not yet due comes.
+    assert [
+        w.token for w in await store.claim_due_watches("a", now=T0 + 10, lease=LONG, limit=1)
+    ] == [4]
+    assert [
+        w.token for w in await store.claim_due_watches("b", now=T0 + 10, lease=LONG, limit=5)
+    ] == [2]
+    assert await store.claim_due_watches("b", now=T0 + 10, lease=LONG, limit=5) == []
+    assert [
+        w.token for w in await store.claim_due_watches("b", now=T0 + 25, lease=LONG, limit=5)
+    ] == [5]
+
+
+async def test_a_lease_keeps_work_from_others_until_it_runs_out(store: Store) -> None:
+    await reg(store, job(token=1))
+    claimed = await store.claim_due_watches("a", now=T0 + 2, lease=0.2, limit=5)
+    assert len(claimed) == 1
+    assert await store.claim_due_watches("b", now=T0 + 2, lease=LONG, limit=5) == []
+    assert await store.claim_due_watches("a", now=T0 + 2, lease=LONG, limit=5) == []
+    assert await store.next_due() == T0 + 86400  # the leased poll aside: the deadline
+    await asyncio.sleep(0.3)  # PostgreSQL leases run on the database's clock
+    taken = await store.claim_due_watches("b", now=T0 + 2.3, lease=LONG, limit=5)
+    assert [w.id for w in taken] == [claimed[0].id]
+
+
+async def test_concurrent_claimers_never_share_work(store: Store) -> None:
+    for token in range(1, 201):
+        await reg_at(store, job(token=token), T0, T0 + 1)
+    # One token watched by 200 jobs: one poll's outcome makes 200 callbacks due.
+    for n in range(200):
+        await reg_at(store, job(token=1000, url=f"http://127.0.0.1:9/{n}"), T0, T0 + 1)
+
+    async def claimer(owner: str, deliveries: bool) -> list[object]:
+        got: list[object] = []
+        while True:
+            if deliveries:
+                work: list[object] = [
+                    d.job_id
+                    for d in await store.claim_due_deliveries(
+                        owner, now=T0 + 5, lease=LONG, limit=7
+                    )
+                ]
+            else:
+                work = [
+                    w.id
+                    for w in await store.claim_due_watches(owner, now=T0 + 5, lease=LONG, limit=7)
+                ]
+            if not work:
+                return got
+            got += work
+            await asyncio.sleep(0)
+
+    a, b = await asyncio.gather(claimer("a", False), claimer("b", False))
+    assert a and b  # both took part
+    assert not set(a) & set(b) and len(a) + len(b) == len(set(a) | set(b)) == 201
+    shared = await store.claim_due_watches("x", now=T0 + 5, lease=LONG, limit=1)
+    assert shared == []
+    await store.release("a")
+    await store.release("b")
+    watch = next(
+        w
+        for w in await store.claim_due_watches("x", now=T0 + 5, lease=LONG, limit=300)
+        if w.token == 1000
+    )
+    recorded = await store.record_poll(
+        watch.id, "x", seen(T0 + 5, T0 + 5, status="finished", outcome="finished")
+    )
+    assert len(recorded) == 200
+    a, b = await asyncio.gather(claimer("a", True), claimer("b", True))
+    assert a and b
+    assert not set(a) & set(b) and len(set(a) | set(b)) == 200 == len(a) + len(b)
+
+
+async def test_record_poll_updates_the_watch_and_gives_back_the_lease(store: Store) -> None:
+    job_id, _ = await reg(store, job(token=1))
+    (w,) = await store.claim_due_watches("a", now=T0 + 1, lease=LONG, limit=5)
+    recorded = await store.record_poll(
+        w.id, "a", seen(T0 + 1.1, T0 + 1.2, next_at=T0 + 5, result='{"uuid":"u"}')
+    )
+    assert recorded == []
+    j = await store.get_job("alpha", job_id)
+    assert j is not None
+    assert (j.state, j.upstream_status, j.upstream_result, j.polls) == (
+        "tracking",
+        "processing",
+        '{"uuid":"u"}',
+        1,
+    )
+    assert (j.last_polled_at, j.next_poll_at) == (T0 + 1.2, T0 + 5)
+    assert await store.claim_due_watches("b", now=T0 + 4.9, lease=LONG, limit=5) == []
+    (again,) = await store.claim_due_watches("b", now=T0 + 5, lease=LONG, limit=5)
+    assert (again.id, again.status, again.interval, again.due_at) == (
+        w.id,
+        "processing",
+        2.0,
+        T0 + 5,
+    )
+    # A poll without an answer keeps what was seen, counts, and carries the counters.
+    failed = PollRecord(
+        started_at=T0 + 5,
+        polled_at=T0 + 6,
+        next_poll_at=T0 + 9,
+        not_found=0,
+        failures=1,
+        interval=2.0,
+        answered=False,
+    )
+    assert await store.record_poll(w.id, "b", failed) == []
+    j = await store.get_job("alpha", job_id)
+    assert j is not None and (j.upstream_status, j.polls, j.next_poll_at) == (
+        "processing",
+        2,
+        T0 + 9,
+    )
+    (third,) = await store.claim_due_watches("c", now=T0 + 9, lease=LONG, limit=5)
+    assert (third.failures, third.status) == (1, "processing")
+
+
+async def test_an_outcome_goes_to_every_job_registered_by_the_poll(store: Store) -> None:
+    a, _ = await reg(store, job(token=7, url="http://127.0.0.1:9/a"), now=T0)
+    b, _ = await reg(
+        store, job(token=7, url="http://127.0.0.1:9/b", metadata='{"o":1}'), now=T0 + 0.5
+    )
+    (w,) = await store.claim_due_watches("a", now=T0 + 1, lease=LONG, limit=5)
+    # c joins while the deciding poll (sent at T0 + 1.2) is on the wire.
+    c, _ = await reg(store, job(token=7, url="http://127.0.0.1:9/c"), now=T0 + 1.3)
+    result = '{"uuid":"u","thumbnails_group_uuid":"g~1"}'
+    recorded = await store.record_poll(
+        w.id, "a", seen(T0 + 1.2, T0 + 1.4, status="finished", result=result, outcome="finished")
+    )
+    assert recorded == [Recorded(a, "video", 7, "finished"), Recorded(b, "video", 7, "finished")]
+    ja, jc = await store.get_job("alpha", a), await store.get_job("alpha", c)
+    assert ja is not None and jc is not None
+    assert (ja.state, ja.outcome, ja.upstream_status, ja.upstream_result, ja.polls) == (
+        "delivering",
+        "finished",
+        "finished",
+        result,
+        1,
+    )
+    assert (ja.next_attempt_at, ja.last_polled_at, ja.next_poll_at) == (T0 + 1.4, T0 + 1.4, None)
+    # The newcomer stays tracking and its watch is due again at once.
+    assert (jc.state, jc.outcome, jc.next_poll_at) == ("tracking", None, T0 + 1.4)
+    work = await store.claim_due_deliveries("d", now=T0 + 2, lease=LONG, limit=10)
+    assert sorted(work, key=lambda d: d.job_id) == sorted(
+        [
+            DeliveryWork(
+                job_id=job_id,
+                tenant="alpha",
+                kind="video",
+                token=7,
+                callback_url=f"http://127.0.0.1:9/{name}",
+                body=callback_body(
+                    job_id=job_id,
+                    kind="video",
+                    token=7,
+                    outcome="finished",
+                    error=None,
+                    result_json=result,
+                    metadata_json=meta,
+                    seen_at=T0 + 1.4,
+                ),
+                attempts=0,
+                round_attempts=0,
+                outcome_at=T0 + 1.4,
+                due_at=T0 + 1.4,
+            )
+            for job_id, name, meta in ((a, "a", None), (b, "b", '{"o":1}'))
+        ],
+        key=lambda d: d.job_id,
+    )
+    (w2,) = await store.claim_due_watches("a", now=T0 + 1.4, lease=LONG, limit=5)
+    recorded = await store.record_poll(
+        w2.id, "a", seen(T0 + 2, T0 + 2.1, status="finished", result=result, outcome="finished")
+    )
+    assert recorded == [Recorded(c, "video", 7, "finished")]
+    jc = await store.get_job("alpha", c)
+    assert jc is not None and (jc.state, jc.polls) == ("delivering", 2)
+    # Nobody tracks the watch any more: it idles.
+    assert await store.claim_due_watches("a", now=T0 + 1000, lease=LONG, limit=5) == []
+
+
+async def test_three_404s_end_in_not_found(store: Store) -> None:
+    job_id, _ = await reg(store, job(token=404, metadata='{"k":"v"}'))
+    recorded: list[Recorded] = []
+    for misses in (1, 2, 3):
+        (w,) = await store.claim_due_watches("a", now=T0 + 10 * misses, lease=LONG, limit=5)
+        assert w.not_found == misses - 1
+        recorded = await store.record_poll(
+            w.id,
+            "a",
+            PollRecord(
+                started_at=T0 + 10 * misses,
+                polled_at=T0 + 10 * misses,
+                next_poll_at=T0 + 10 * misses + 2,
+                not_found=misses,
+                failures=0,
+                interval=None,
+                answered=False,
+                outcome="not_found" if misses == 3 else None,
+                outcome_error=NOT_FOUND_ERROR if misses == 3 else None,
+            ),
+        )
+    assert recorded == [Recorded(job_id, "video", 404, "not_found")]
+    j = await store.get_job("alpha", job_id)
+    assert j is not None
+    assert (j.state, j.outcome, j.upstream_status, j.polls) == ("delivering", "not_found", None, 3)
+    (d,) = await store.claim_due_deliveries("d", now=T0 + 30, lease=LONG, limit=5)
+    assert d.body == callback_body(
+        job_id=job_id,
+        kind="video",
+        token=404,
+        outcome="not_found",
+        error=NOT_FOUND_ERROR,
+        result_json=None,
+        metadata_json='{"k":"v"}',
+        seen_at=T0 + 30,
+    )
+
+
+async def test_expire_due_gives_expired_past_the_deadline(store: Store) -> None:
+    soon, _ = await store.register(job(token=1), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10)
+    late, _ = await store.register(job(token=2), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 99)
+    (w,) = await store.claim_due_watches("a", now=T0 + 1, lease=LONG, limit=1)
+    await store.record_poll(w.id, "a", seen(T0 + 1, T0 + 1.5, next_at=T0 + 50, result='{"p":1}'))
+    assert await store.expire_due(now=T0 + 9.9) == []
+    assert await store.expire_due(now=T0 + 10) == [Recorded(soon.id, "video", 1, "expired")]
+    assert await store.expire_due(now=T0 + 10) == []
+    j = await store.get_job("alpha", soon.id)
+    assert j is not None
+    assert (j.state, j.outcome, j.upstream_status, j.polls, j.next_attempt_at) == (
+        "delivering",
+        "expired",
+        "processing",
+        1,
+        T0 + 10,
+    )
+    (d,) = await store.claim_due_deliveries("d", now=T0 + 10, lease=LONG, limit=5)
+    assert d.body == callback_body(
+        job_id=soon.id,
+        kind="video",
+        token=1,
+        outcome="expired",
+        error=EXPIRED_ERROR,
+        result_json='{"p":1}',
+        metadata_json=None,
+        seen_at=T0 + 10,
+    )
+    # The expired job's watch idles; the other one is still polled.
+    due = await store.claim_due_watches("a", now=T0 + 60, lease=LONG, limit=5)
+    assert [w.token for w in due] == [2]
+    jl = await store.get_job("alpha", late.id)
+    assert jl is not None and jl.state == "tracking"
+
+
+async def test_claim_due_deliveries_earliest_first_under_lease(store: Store) -> None:
+    third = await delivering(store, 1, at=T0 + 3)
+    first = await delivering(store, 2, at=T0 + 1)
+    second = await delivering(store, 3, at=T0 + 2)
+    assert await store.claim_due_deliveries("a", now=T0 + 0.5, lease=LONG, limit=5) == []
+    got = await store.claim_due_deliveries("a", now=T0 + 5, lease=LONG, limit=2)
+    assert [(d.job_id, d.due_at) for d in got] == [(first, T0 + 1), (second, T0 + 2)]
+    assert [
+        d.job_id for d in await store.claim_due_deliveries("b", now=T0 + 5, lease=LONG, limit=5)
+    ] == [third]
+    assert await store.claim_due_deliveries("b", now=T0 + 5, lease=LONG, limit=5) == []
+
+
+async def test_record_attempt_retry_then_delivered(store: Store) -> None:
+    job_id = await delivering(store, 1)
+    (d,) = await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
+    failed = attempt(1, T0 + 2, 500, "HTTP 500")
+    assert await store.record_attempt(
+        job_id, "a", failed, next_state="delivering", next_attempt_at=T0 + 10
+    )
+    j = await store.get_job("alpha", job_id)
+    assert j is not None
+    assert (j.state, j.attempts, j.last_response_status, j.last_error) == (
+        "delivering",
+        1,
+        500,
+        "HTTP 500",
+    )
+    assert (j.last_attempt_at, j.next_attempt_at, j.updated_at) == (T0 + 2, T0 + 10, T0 + 2 + 0.05)
+    assert await store.claim_due_deliveries("b", now=T0 + 9, lease=LONG, limit=5) == []
+    (retry,) = await store.claim_due_deliveries("b", now=T0 + 10, lease=LONG, limit=5)
+    assert (retry.attempts, retry.round_attempts, retry.body) == (1, 1, d.body)
+    ok = attempt(2, T0 + 10, 204)
+    assert await store.record_attempt(job_id, "b", ok, next_state="delivered", next_attempt_at=None)
+    j = await store.get_job("alpha", job_id)
+    assert j is not None
+    assert (j.state, j.attempts, j.delivered_at, j.next_attempt_at) == (
+        "delivered",
+        2,
+        T0 + 10 + 0.05,
+        None,
+    )
+    assert await store.attempts("alpha", job_id) == [failed, ok]
+    assert await store.attempts("beta", job_id) is None
+    assert await store.count_by_state() == {"delivered": 1}
+    assert await store.next_due() is None
+
+
+async def test_a_410_is_undeliverable_and_redelivery_continues_the_numbers(store: Store) -> None:
+    job_id = await delivering(store, 1)
+    await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
+    gone = attempt(1, T0 + 2, 410)
+    assert await store.record_attempt(
+        job_id, "a", gone, next_state="undeliverable", next_attempt_at=None
+    )
+    j = await store.get_job("alpha", job_id)
+    assert j is not None and (j.state, j.delivered_at) == ("undeliverable", None)
+    redone = await store.redeliver("alpha", job_id, now=T0 + 20)
+    assert redone is not None
+    assert (redone.state, redone.next_attempt_at, redone.attempts) == ("delivering", T0 + 20, 1)
+    with pytest.raises(Conflict):  # a round is running
+        await store.redeliver("alpha", job_id, now=T0 + 21)
+    (d,) = await store.claim_due_deliveries("a", now=T0 + 20, lease=LONG, limit=5)
+    assert (d.attempts, d.round_attempts) == (1, 0)
+
+
+async def test_redeliver_after_delivered(store: Store) -> None:
+    job_id = await delivering(store, 1)
+    (first,) = await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
+    await store.record_attempt(
+        job_id, "a", attempt(1, T0 + 2, 200), next_state="delivered", next_attempt_at=None
+    )
+    redone = await store.redeliver("alpha", job_id, now=T0 + 30)
+    assert redone is not None
+    assert (redone.state, redone.delivered_at, redone.next_attempt_at) == (
+        "delivering",
+        None,
+        T0 + 30,
+    )
+    assert await store.purge_ended(before=T0 + 1000) == 0  # running again: not ended
+    (again,) = await store.claim_due_deliveries("a", now=T0 + 30, lease=LONG, limit=5)
+    assert (again.body, again.attempts, again.round_attempts) == (first.body, 1, 0)
+    assert await store.record_attempt(
+        job_id, "a", attempt(2, T0 + 31, 200), next_state="delivered", next_attempt_at=None
+    )
+    j = await store.get_job("alpha", job_id)
+    assert j is not None and (j.state, j.attempts, j.delivered_at) == ("delivered", 2, T0 + 31.05)
+    assert [a.n for a in await store.attempts("alpha", job_id) or []] == [1, 2]
+
+
+async def test_a_job_canceled_during_its_attempt_stays_canceled(store: Store) -> None:
+    job_id = await delivering(store, 1)
+    await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
+    result = await store.cancel("alpha", job_id, now=T0 + 1.5)
+    assert result is not None and result[0].state == "canceled"
+    late = attempt(1, T0 + 1.2, 200)
+    assert not await store.record_attempt(
+        job_id, "a", late, next_state="delivered", next_attempt_at=None
+    )
+    j = await store.get_job("alpha", job_id)
+    assert j is not None
+    assert (j.state, j.outcome, j.attempts, j.delivered_at) == ("canceled", "finished", 1, None)
+    assert await store.attempts("alpha", job_id) == [late]
+    assert await store.claim_due_deliveries("a", now=T0 + 100, lease=LONG, limit=5) == []
+
+
+async def test_purge_ended_deletes_attempts_too(store: Store) -> None:
+    gone = await delivering(store, 1)
+    kept = await delivering(store, 2)
+    for job_id in (gone, kept):
+        await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
+        await store.record_attempt(
+            job_id, "a", attempt(1, T0 + 2, 500), next_state="delivering", next_attempt_at=T0 + 3
+        )
+    await store.claim_due_deliveries("a", now=T0 + 3, lease=LONG, limit=5)
+    await store.record_attempt(
+        gone, "a", attempt(2, T0 + 3, 200), next_state="delivered", next_attempt_at=None
+    )
+    assert await rows_in(store, "attempts") == 3
+    assert await store.purge_ended(before=T0 + 3.05) == 0  # ended at T0 + 3.05, not before
+    assert await store.purge_ended(before=T0 + 4, batch=1) == 1
+    assert await store.get_job("alpha", gone) is None
+    assert await store.attempts("alpha", kept) == [attempt(1, T0 + 2, 500)]
+    assert await rows_in(store, "attempts") == 1
+    assert await rows_in(store, "watches") == 1
+
+
+async def test_release_gives_back_every_lease_of_its_owner(store: Store) -> None:
+    await delivering(store, 1)
+    await reg(store, job(token=2))
+    assert len(await store.claim_due_watches("a", now=T0 + 5, lease=LONG, limit=5)) == 1
+    assert len(await store.claim_due_deliveries("a", now=T0 + 5, lease=LONG, limit=5)) == 1
+    await store.release("b")
+    assert await store.claim_due_watches("b", now=T0 + 5, lease=LONG, limit=5) == []
+    assert await store.claim_due_deliveries("b", now=T0 + 5, lease=LONG, limit=5) == []
+    await store.release("a")
+    assert len(await store.claim_due_watches("b", now=T0 + 5, lease=LONG, limit=5)) == 1
+    assert len(await store.claim_due_deliveries("b", now=T0 + 5, lease=LONG, limit=5)) == 1
+
+
+async def test_next_due_is_the_earliest_unleased_work(store: Store) -> None:
+    assert await store.next_due() is None
+    await store.register(job(token=1), now=T0, first_poll_at=T0 + 5, deadline_at=T0 + 500)
+    assert await store.next_due() == T0 + 5
+    await store.claim_due_watches("a", now=T0 + 5, lease=LONG, limit=5)
+    assert await store.next_due() == T0 + 500
+    await delivering(store, 2, at=T0 + 7)
+    assert await store.next_due() == T0 + 7
+    await store.claim_due_deliveries("a", now=T0 + 7, lease=LONG, limit=5)
+    assert await store.next_due() == T0 + 500
+    await store.release("a")
+    assert await store.next_due() == T0 + 5
+
+
+async def test_pauses_are_shared_and_never_shortened(store: Store) -> None:
+    assert await store.pauses() == []
+    await store.set_pause("throttled", "throttled (429)", T0 + 10, None)
+    await store.set_pause("throttled", "throttled (429)", T0 + 5, None)
+    await store.set_pause("rejected:video", "video conversion refused (400)", T0 + 3, "video")
+    assert await store.pauses() == [
+        ("rejected:video", "video conversion refused (400)", T0 + 3, "video"),
+        ("throttled", "throttled (429)", T0 + 10, None),
+    ]
+    await store.set_pause("throttled", "throttled (429)", T0 + 20, None)
+    await store.set_pause("rejected:video", "", 0, None)
+    assert await store.pauses() == [("throttled", "throttled (429)", T0 + 20, None)]
+
+
+async def test_backlog_counts_due_unleased_work(store: Store) -> None:
+    assert await store.backlog(now=T0) == {"poll": (0, None), "delivery": (0, None)}
+    await delivering(store, 1, at=T0 + 2)
+    await reg_at(store, job(token=2), T0, T0 + 3)
+    await reg_at(store, job(token=3), T0, T0 + 4)
+    assert await store.backlog(now=T0 + 3.5) == {"poll": (1, T0 + 3), "delivery": (1, T0 + 2)}
+    await store.claim_due_deliveries("a", now=T0 + 5, lease=LONG, limit=5)
+    assert await store.backlog(now=T0 + 5) == {"poll": (2, T0 + 3), "delivery": (0, None)}
+
+
+async def test_two_tenants_racing_for_a_token_one_wins(store: Store) -> None:
+    tenants = [f"tenant{n}" for n in range(8)]
+    results = await asyncio.gather(
+        *(reg(store, job(token=77, tenant=t)) for t in tenants), return_exceptions=True
+    )
+    won = [t for t, r in zip(tenants, results, strict=True) if isinstance(r, tuple)]
+    assert len(won) == 1 and results.count(results[tenants.index(won[0])]) == 1
+    assert all(isinstance(r, Conflict) for r in results if not isinstance(r, tuple))
+    _, again = await reg(store, job(token=77, tenant=won[0]))
+    assert again is False
+
+
+async def test_concurrent_jobs_on_one_token_share_one_watch(store: Store) -> None:
+    results = await asyncio.gather(
+        *(reg(store, job(token=8, url=f"http://127.0.0.1:9/{n}")) for n in range(20))
+    )
+    assert len({job_id for job_id, _ in results}) == 20 and all(c for _, c in results)
+    assert len(await store.claim_due_watches("a", now=T0 + 1, lease=LONG, limit=50)) == 1
+
+
 # -- SQLite specifics ------------------------------------------------------------------------
 
 
@@ -201,3 +749,93 @@ async def test_data_survives_reopen(tmp_path: Path) -> None:
         assert await s.migrate() == 1
     finally:
         await s.close()
+
+
+# -- PostgreSQL specifics --------------------------------------------------------------------
+
+
+@pg.needs_postgres
+async def test_replicas_starting_at_once_migrate_once() -> None:
+    async with pg.fresh_schema() as schema:
+        stores = await asyncio.gather(
+            *(PostgresStore.open(pg.POSTGRES_URL, schema=schema) for _ in range(6))
+        )
+        try:
+            assert await asyncio.gather(*(s.migrate() for s in stores)) == [1] * 6
+            assert await pg.fetchval(schema, "SELECT count(*) FROM schema_version") == 1
+            # Every replica sees what another wrote.
+            a, _ = await reg(stores[0], job(token=42, metadata='{"k":"v"}'))
+            j = await stores[5].get_job("alpha", a)
+            assert j is not None and j.metadata == '{"k":"v"}'
+        finally:
+            await asyncio.gather(*(s.close() for s in stores))
+
+
+@pg.needs_postgres
+async def test_leases_run_on_the_database_clock() -> None:
+    async with pg.postgres_store() as store:
+        await reg(store, job(token=1))
+        assert len(await store.claim_due_watches("a", now=T0 + 1, lease=LONG, limit=5)) == 1
+        # A replica whose clock runs an hour ahead still sees the lease as live.
+        assert await store.claim_due_watches("b", now=T0 + 3600, lease=LONG, limit=5) == []
+
+
+@pg.needs_postgres
+async def test_a_late_record_keeps_the_new_owners_lease() -> None:
+    async with pg.postgres_store() as store:
+        job_id, _ = await reg(store, job(token=1))
+        (w,) = await store.claim_due_watches("a", now=T0 + 1, lease=0.1, limit=5)
+        await asyncio.sleep(0.2)
+        assert len(await store.claim_due_watches("b", now=T0 + 1, lease=LONG, limit=5)) == 1
+        # "a" records late: its observation counts, but "b" keeps the work it holds.
+        await store.record_poll(w.id, "a", seen(T0 + 1, T0 + 2, next_at=T0 + 2))
+        j = await store.get_job("alpha", job_id)
+        assert j is not None and (j.polls, j.upstream_status) == (1, "processing")
+        assert await store.claim_due_watches("c", now=T0 + 5, lease=LONG, limit=5) == []
+        await store.record_poll(w.id, "b", seen(T0 + 1, T0 + 3, next_at=T0 + 4))
+        assert len(await store.claim_due_watches("c", now=T0 + 5, lease=LONG, limit=5)) == 1
+
+
+@pg.needs_postgres
+async def test_open_store_takes_postgresql_urls() -> None:
+    for scheme in ("postgresql", "postgres"):
+        url = pg.POSTGRES_URL.replace("postgresql://", f"{scheme}://", 1)
+        store = await open_store(Database("postgresql", dsn=url), exclusive=True, migrate=False)
+        try:
+            assert isinstance(store, PostgresStore)
+            await store.ping()
+        finally:
+            await store.close()
+
+
+@pg.needs_postgres
+async def test_a_missing_database_is_a_one_line_store_error() -> None:
+    parts = urlsplit(pg.POSTGRES_URL)
+    url = urlunsplit((parts.scheme, parts.netloc, "/bridge_no_such_database", parts.query, ""))
+    with pytest.raises(StoreError) as err:
+        await PostgresStore.open(url)
+    message = str(err.value)
+    assert message.startswith("cannot connect to PostgreSQL at ")
+    assert "/bridge_no_such_database: " in message and "\n" not in message
+    assert not parts.password or parts.password not in message
+
+
+async def test_an_unreachable_server_is_a_store_error_without_the_password() -> None:
+    url = "postgresql://bridge:s3cr%2Ft@127.0.0.1:1/bridge"
+    with pytest.raises(StoreError) as err:
+        await open_store(Database("postgresql", dsn=url))
+    message = str(err.value)
+    assert message.startswith("cannot connect to PostgreSQL at 127.0.0.1:1/bridge: ")
+    assert "s3cr" not in message and "\n" not in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+@pg.needs_postgres
+async def test_a_closed_store_raises_store_error() -> None:
+    async with pg.postgres_store() as store:
+        await store.close()
+        with pytest.raises(StoreError):
+            await store.ping()
+        with pytest.raises(StoreError):
+            await store.get_job("alpha", "job_x")
+        await store.close()  # twice is fine

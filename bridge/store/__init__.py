@@ -9,11 +9,16 @@ __all__ = ["Conflict", "Store", "StoreError", "open_store"]
 
 
 async def open_store(db: Database, *, exclusive: bool = True, migrate: bool = True) -> Store:
-    """Open the configured database. ``exclusive`` takes SQLite's one-process lock."""
+    """Open the configured database. ``exclusive`` takes SQLite's one-process lock.
+
+    PostgreSQL serves any number of processes, so ``exclusive`` means nothing there.
+    """
     if db.scheme == "sqlite":
         from bridge.store.sqlite import SQLiteStore
 
         return await SQLiteStore.open(db.path, exclusive=exclusive, migrate=migrate)
-    raise StoreError(
-        "BRIDGE_DATABASE_URL: PostgreSQL is not supported by this version yet; use sqlite:///file.db"
-    )
+    if db.scheme == "postgresql":  # postgresql:// and postgres:// URLs alike
+        from bridge.store.postgres import PostgresStore
+
+        return await PostgresStore.open(db.dsn, migrate=migrate)
+    raise StoreError(f"BRIDGE_DATABASE_URL: unsupported database {db}")

@@ -114,6 +114,9 @@ class Store(Protocol):
     async def pauses(self) -> list[tuple[str, str, float, str | None]]:
         """Every stored pause: (key, reason, until, kind)."""
 
+    async def listen_pauses(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever any process stores a pause (no-op for one process)."""
+
     async def backlog(self, *, now: float) -> dict[str, tuple[int, float | None]]:
         """Work due and not started, for ``poll`` and ``delivery``: (count, oldest due time)."""
 

@@ -769,6 +769,9 @@ class SQLiteStore:
 
         return await self._call(pauses_sync)
 
+    async def listen_pauses(self, callback: Callable[[], None]) -> None:
+        """One process per file: its own pauses are already in memory."""
+
     async def backlog(self, *, now: float) -> dict[str, tuple[int, float | None]]:
         def backlog_sync() -> dict[str, tuple[int, float | None]]:
             db = self._db()
