@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -15,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from bridge import keys
+from bridge.logs import redactor
 from bridge.model import KINDS, MAX_TOKEN, STATES, NewJob, compact_json, redact_url
 from bridge.netpolicy import PolicyViolation
 from bridge.openapi import document as openapi_document
@@ -24,12 +26,15 @@ from bridge.store.base import decode_cursor, encode_cursor
 log = structlog.get_logger("bridge.api")
 
 MAX_BODY = 64 * 1024
+# Seconds a client has to send a request body (64 KiB at most) once its headers are in.
+BODY_TIMEOUT = 10.0
 MAX_METADATA = 4 * 1024
 MAX_URL = 2048
 _FIELDS = frozenset({"token", "kind", "callback_url", "metadata"})
-_JOB_ID = re.compile(r"^job_[0-9a-z]{26}$")
-_DIGITS = re.compile(r"^[1-9][0-9]{0,15}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+# \Z, not $: "$" also matches before a trailing newline.
+_JOB_ID = re.compile(r"^job_[0-9a-z]{26}\Z")
+_DIGITS = re.compile(r"^[1-9][0-9]{0,15}\Z")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}\Z")
 _MAX_INT_DIGITS = 4000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,14 +58,18 @@ class Problem(Exception):
         self.headers = headers or {}
 
     def response(self) -> web.Response:
+        # Details may quote what the caller sent (an unknown field's name): a known secret
+        # there is shown as *** like in the logs.
         body: dict[str, Any] = {
             "type": "about:blank",
             "title": HTTPStatus(self.status).phrase,
             "status": self.status,
-            "detail": self.detail,
+            "detail": redactor.text(self.detail),
         }
         if self.errors is not None:
-            body["errors"] = self.errors
+            body["errors"] = [
+                {k: redactor.text(v) for k, v in error.items()} for error in self.errors
+            ]
         return web.Response(
             status=self.status,
             text=json.dumps(body),
@@ -160,11 +169,16 @@ async def _read_body(request: web.Request) -> bytes:
         raise Problem(413, f"the body is over {MAX_BODY} bytes")
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(MAX_BODY + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise Problem(413, f"the body is over {MAX_BODY} bytes")
+    try:
+        # A client that sends its body slowly, or never, does not hold the handler for long.
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while chunk := await request.content.read(MAX_BODY + 1 - size):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise Problem(413, f"the body is over {MAX_BODY} bytes")
+    except TimeoutError:
+        raise Problem(408, f"the body did not arrive within {BODY_TIMEOUT:g}s") from None
     return b"".join(chunks)
 
 
@@ -316,7 +330,7 @@ def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[str], tuple[Any, s
 
 
 def _limit(value: str) -> tuple[Any, str | None]:
-    if value.isdigit() and len(value) <= 3 and 1 <= int(value) <= 500:
+    if value.isascii() and value.isdigit() and len(value) <= 3 and 1 <= int(value) <= 500:
         return int(value), None
     return None, "limit must be an integer from 1 to 500"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Callable, Sequence
@@ -95,14 +96,19 @@ class Deliverer:
             )
 
         try:
-            async with self._session.post(
-                target,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as resp:
-                await resp.content.read(MAX_RESPONSE_BYTES)
+            # aiohttp's total timeout covers connect, answer and body; the outer one is a hard
+            # bound on the whole attempt whatever the receiver (or a resolver) does.
+            async with (
+                asyncio.timeout(self._timeout_s),
+                self._session.post(
+                    target,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                ) as resp,
+            ):
+                await _read_capped(resp.content, MAX_RESPONSE_BYTES)
                 if 200 <= resp.status < 300:
                     return done("success", resp.status)
                 retry_after = None
@@ -115,6 +121,20 @@ class Deliverer:
             if is_policy_block(exc):
                 return done("blocked", error=BLOCKED_MESSAGE)
             return done("connection_error", error=_describe(exc))
+
+
+async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> None:
+    """Read the answer's body until it ends or ``limit`` bytes came; the rest is never read.
+
+    Within the attempt's timeout: a body that trickles without end is a timeout, not a
+    delivery. An unfinished body leaves the connection to be closed, not reused.
+    """
+    got = 0
+    while got < limit:
+        chunk = await stream.read(limit - got)
+        if not chunk:
+            return
+        got += len(chunk)
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -28,7 +29,9 @@ class Redactor:
         self._pattern: re.Pattern[str] | None = None
 
     def add(self, secrets: Iterable[str]) -> None:
-        fresh = {s for s in secrets if len(s) >= 4} - self._secrets
+        # Each also as it would appear inside a URL (a DSN's password is percent-encoded).
+        forms = {form for s in secrets for form in (s, quote(s, safe=""), quote(s))}
+        fresh = {s for s in forms if len(s) >= 4} - self._secrets
         if fresh:
             self._secrets |= fresh
             ordered = sorted(self._secrets, key=len, reverse=True)

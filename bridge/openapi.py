@@ -11,11 +11,35 @@ from bridge.model import KINDS, MAX_TOKEN, OUTCOMES, STATES
 _TIME = {"type": "string", "format": "date-time"}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 _JOB_ID = {"type": "string", "pattern": "^job_[0-9a-z]{26}$"}
+
+
+def _up_to(limit: int) -> str:
+    """A regex for the decimal spellings (no sign, no leading zero) of 1 to ``limit``."""
+    digits = str(limit)
+    width = len(digits)
+    alternatives = [f"[1-9][0-9]{{0,{width - 2}}}"] if width > 1 else []
+    for i, digit in enumerate(digits):
+        low, high = (1 if i == 0 else 0), int(digit) - 1
+        if high >= low:
+            rest = width - i - 1
+            alternatives.append(
+                digits[:i]
+                + (f"[{low}-{high}]" if high > low else str(low))
+                + (f"[0-9]{{{rest}}}" if rest else "")
+            )
+    alternatives.append(digits)
+    return "^(?:" + "|".join(alternatives) + ")$"
+
+
+# A token as a string: the digits of 1 to 2^53-1, exactly what the server accepts.
+_TOKEN_DIGITS = {"type": "string", "pattern": _up_to(MAX_TOKEN)}
 _TOKEN_IN = {
+    "description": "1 to 2^53-1: a JSON number written without a fraction or exponent "
+    "(1.0 is refused, though JSON Schema counts it as an integer), or a string of its digits",
     "oneOf": [
         {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN},
-        {"type": "string", "pattern": "^[1-9][0-9]{0,15}$"},
-    ]
+        _TOKEN_DIGITS,
+    ],
 }
 
 
@@ -28,17 +52,34 @@ def _problem(description: str) -> dict[str, Any]:
     }
 
 
-def _ok(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+def _ok(
+    description: str,
+    schema: str,
+    headers: dict[str, Any] | None = None,
+    links: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
     }
     if headers:
         out["headers"] = headers
+    if links:
+        out["links"] = links
     return out
 
 
 _LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
+# What a registration's answer leads to: every operation on the job, by its id.
+_JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetJob", "getJob"),
+        ("CancelJob", "cancelJob"),
+        ("RedeliverJob", "redeliverJob"),
+        ("ListAttempts", "listAttempts"),
+    )
+}
 _JOB_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": _JOB_ID}
 _AUTH = {"401": _problem("missing or wrong bearer secret")}
 
@@ -68,7 +109,14 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "token": _TOKEN_IN,
             "kind": {"enum": list(KINDS), "default": "video"},
-            "callback_url": {"type": "string", "format": "uri", "maxLength": 2048},
+            "callback_url": {
+                "type": "string",
+                "format": "uri",
+                "maxLength": 2048,
+                "description": "absolute http(s) URL allowed by the callback network policy; "
+                "user-info is sent as HTTP Basic credentials and shown as ***",
+                "examples": ["https://example.com/hooks/uc"],
+            },
             "metadata": {
                 "type": ["object", "null"],
                 "description": "at most 4 KiB as compact UTF-8 JSON; echoed in the callback",
@@ -191,10 +239,11 @@ _PATHS: dict[str, Any] = {
                 },
             },
             "responses": {
-                "201": _ok("registered", "Job", _LOCATION),
-                "200": _ok("the same registration was made before", "Job", _LOCATION),
+                "201": _ok("registered", "Job", _LOCATION, _JOB_LINKS),
+                "200": _ok("the same registration was made before", "Job", _LOCATION, _JOB_LINKS),
                 "400": _problem("the body is not JSON"),
                 **_AUTH,
+                "408": _problem("the body did not arrive in time"),
                 "409": _problem("registered with other metadata, or by another tenant"),
                 "413": _problem("the body is over 64 KiB"),
                 "415": _problem("the body is not application/json"),
@@ -207,11 +256,7 @@ _PATHS: dict[str, Any] = {
             "parameters": [
                 {"name": "state", "in": "query", "schema": {"enum": list(STATES)}},
                 {"name": "kind", "in": "query", "schema": {"enum": list(KINDS)}},
-                {
-                    "name": "token",
-                    "in": "query",
-                    "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,15}$"},
-                },
+                {"name": "token", "in": "query", "schema": _TOKEN_DIGITS},
                 {
                     "name": "limit",
                     "in": "query",
