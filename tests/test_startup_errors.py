@@ -1,0 +1,148 @@
+"""The start-up mistakes a newcomer makes: one clear line saying what to do, a non-zero exit.
+
+``tests/test_cli.py`` covers a bad setting, a port in use and a second process on one
+SQLite file; these are the rest, each asserting the message and the exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from bridge.settings import Database
+from bridge.store import StoreError, open_store
+from tests.conftest import base_env
+from tests.proc import run_bridge
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+async def serve(env: dict[str, str]) -> tuple[int, str, str]:
+    return await serve_like(["serve"], env)
+
+
+async def serve_like(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    # Nothing set in the developer's shell leaks into the check.
+    full = {var: "" for var in _ALL_VARS if var in os.environ} | env
+    return await run_bridge(args, full)
+
+
+_ALL_VARS = (
+    "UPLOADCARE_PUBLIC_KEY",
+    "UPLOADCARE_SECRET_KEY",
+    "BRIDGE_API_KEYS",
+    "BRIDGE_DATABASE_URL",
+    "BRIDGE_PORT",
+)
+
+
+async def test_nothing_set_names_the_first_key_to_set(tmp_path: Path) -> None:
+    code, out, err = await serve({"BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    assert code == 2 and out == ""
+    assert one_line(err) == (
+        "bridge: UPLOADCARE_PUBLIC_KEY: not set; give your Uploadcare project's public key"
+    )
+
+
+async def test_missing_public_key(tmp_path: Path) -> None:
+    code, out, err = await serve(base_env(tmp_path, UPLOADCARE_PUBLIC_KEY=""))
+    assert code == 2 and out == ""
+    assert one_line(err).startswith("bridge: UPLOADCARE_PUBLIC_KEY: not set; give your")
+
+
+async def test_missing_secret_key_mentions_the_file_variant(tmp_path: Path) -> None:
+    code, _, err = await serve(base_env(tmp_path, UPLOADCARE_SECRET_KEY=""))
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith("bridge: UPLOADCARE_SECRET_KEY: not set")
+    assert "UPLOADCARE_SECRET_KEY_FILE" in line
+
+
+async def test_unreadable_secret_file(tmp_path: Path) -> None:
+    env = base_env(tmp_path, UPLOADCARE_SECRET_KEY_FILE=str(tmp_path / "missing"))
+    del env["UPLOADCARE_SECRET_KEY"]
+    code, _, err = await serve(env)
+    assert code == 2
+    assert one_line(err).startswith("bridge: UPLOADCARE_SECRET_KEY_FILE: cannot read ")
+
+
+async def test_no_api_keys_says_how_to_give_them_or_run_without(tmp_path: Path) -> None:
+    code, out, err = await serve(base_env(tmp_path, BRIDGE_API_KEYS=""))
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("bridge: BRIDGE_API_KEYS: not set; give name:secret pairs")
+    assert "--insecure-no-auth" in line
+
+
+async def test_malformed_api_keys_echo_no_secret(tmp_path: Path) -> None:
+    code, _, err = await serve(base_env(tmp_path, BRIDGE_API_KEYS="just-a-secret-value"))
+    assert code == 2
+    line = one_line(err)
+    assert line == "bridge: BRIDGE_API_KEYS: expected comma-separated name:secret pairs"
+    assert "just-a-secret-value" not in line
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://db/bridge", "bridge.db", "sqlite://bridge.db", "sqlite:///"]
+)
+async def test_bad_database_url_shows_the_accepted_forms(tmp_path: Path, url: str) -> None:
+    code, out, err = await serve(base_env(tmp_path, BRIDGE_DATABASE_URL=url))
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("bridge: BRIDGE_DATABASE_URL: ")
+    assert "sqlite:///" in line
+    assert url not in line.removeprefix("bridge: BRIDGE_DATABASE_URL: ") or url == "sqlite:///"
+
+
+async def test_database_in_a_folder_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "folder"
+    code, out, err = await serve(
+        base_env(tmp_path, BRIDGE_DATABASE_URL=f"sqlite:///{missing}/b.db")
+    )
+    assert code == 1 and out == ""
+    assert one_line(err) == (
+        f"bridge: cannot open database {missing}/b.db: folder {missing} does not exist"
+    )
+    assert not missing.exists()  # nothing created behind the user's back
+
+
+async def test_migrate_names_the_same_problem(tmp_path: Path) -> None:
+    missing = tmp_path / "absent"
+    code, _, err = await serve_like(
+        ["migrate"], {"BRIDGE_DATABASE_URL": f"sqlite:///{missing}/b.db"}
+    )
+    assert code == 1
+    assert f"folder {missing} does not exist" in one_line(err)
+
+
+async def _postgres_supported() -> bool:
+    try:
+        store = await asyncio.wait_for(
+            open_store(Database("postgresql", dsn="postgresql://u:p@127.0.0.1:1/db")), 30
+        )
+    except StoreError as exc:
+        return "not supported" not in str(exc)
+    except Exception:
+        return True
+    await store.close()  # something answers on port 1: not what this test is about
+    return True
+
+
+async def test_unreachable_postgresql_is_one_line_without_the_password(tmp_path: Path) -> None:
+    if not await _postgres_supported():
+        pytest.skip("this version does not support PostgreSQL yet")
+    url = "postgresql://bridge:hunter2-password@127.0.0.1:1/bridge"
+    code, out, err = await serve(base_env(tmp_path, BRIDGE_DATABASE_URL=url))
+    assert code == 1, err
+    line = one_line(err)
+    assert line.startswith("bridge: ")
+    assert "127.0.0.1:1" in line or "BRIDGE_DATABASE_URL" in line
+    assert "hunter2-password" not in err + out
