@@ -49,6 +49,7 @@ from bridge.fake_upstream import (
     DEFAULT_SECRET_KEY,
     FakeConfig,
     RunningFake,
+    parse_odds,
     running,
 )
 from bridge.settings import Settings
@@ -623,16 +624,6 @@ def _count(text: str) -> int:
     return value
 
 
-def _odds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"odds between 0 and 1, not {text!r}")
-    return value
-
-
 def _seconds(text: str) -> float:
     try:
         return settings_mod.parse_duration(text)
@@ -647,7 +638,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--failures",
-        type=_odds,
+        type=parse_odds,
         default=defaults.failures,
         metavar="P",
         help="odds that the fake reports a conversion as failed (%(default)s)",

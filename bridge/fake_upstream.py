@@ -42,6 +42,7 @@ from typing import Any, Final, Literal, TypeAlias
 import structlog
 from aiohttp import web
 
+from bridge.settings import parse_duration
 from bridge.upstream import ACCEPT, Kind, sign
 
 __all__ = [
@@ -802,15 +803,14 @@ async def serve(host: str, port: int, config: FakeConfig) -> None:
 
 
 def _duration(text: str) -> float:
-    """Seconds from ``2.5``, ``250ms``, ``5s``, ``2m`` or ``1h``."""
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?", text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match[2] or "s"]
-    return float(match[1]) * scale
+    """Seconds from ``2.5``, ``250ms``, ``5s``, ``2m`` or ``1h`` (zero allowed)."""
+    try:
+        return parse_duration(text, allow_zero=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _odds(text: str) -> float:
+def parse_odds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -863,19 +863,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--failed-rate",
-        type=_odds,
+        type=parse_odds,
         default=defaults.failed_rate,
         help="odds that a conversion fails (default %(default)s)",
     )
     parser.add_argument(
         "--canceled-rate",
-        type=_odds,
+        type=parse_odds,
         default=defaults.canceled_rate,
         help="odds that a conversion is canceled (default %(default)s)",
     )
     parser.add_argument(
         "--cancelled-spelling",
-        type=_odds,
+        type=parse_odds,
         default=defaults.cancelled_spelling,
         help="odds that a canceled job is reported as 'cancelled' (default %(default)s)",
     )

@@ -130,7 +130,7 @@ async def test_demo_is_listed_and_checks_its_flags() -> None:
     code, _, err = await run_bridge(["demo", "--jobs", "0"], {})
     assert code == 2 and "number of jobs" in err
     code, _, err = await run_bridge(["demo", "--failures", "2"], {})
-    assert code == 2 and "odds between 0 and 1" in err
+    assert code == 2 and "odds must be between 0 and 1" in err
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -45,10 +44,9 @@ from bridge.model import (
     Recorded,
     WatchWork,
     callback_body,
-    canonical_json,
     new_job_id,
 )
-from bridge.store.base import Conflict, StoreError
+from bridge.store.base import Conflict, StoreError, job_from_row, same_metadata
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -174,42 +172,6 @@ def describe_dsn(dsn: str) -> str:
     except ValueError:
         return "(an unparsable URL)"
     return f"{host}:{port}{parts.path or '/'}"
-
-
-def _row_to_job(r: asyncpg.Record) -> Job:
-    # A tracking job sees its watch live; any other keeps what it saw when it stopped tracking.
-    live = r["state"] == TRACKING
-    return Job(
-        id=r["id"],
-        tenant=r["tenant"],
-        kind=r["kind"],
-        token=r["token"],
-        callback_url=r["callback_url"],
-        metadata=r["metadata"],
-        state=r["state"],
-        outcome=r["outcome"],
-        upstream_status=r["w_status"] if live else r["up_status"],
-        upstream_error=r["w_error"] if live else r["up_error"],
-        upstream_result=r["w_result"] if live else r["up_result"],
-        polls=r["w_polls"] - r["polls_base"] if live else r["polls"],
-        last_polled_at=r["w_last_polled_at"] if live else r["last_polled_at"],
-        next_poll_at=r["w_next_poll_at"] if live else None,
-        attempts=r["attempts"],
-        last_attempt_at=r["last_attempt_at"],
-        last_response_status=r["last_response_status"],
-        last_error=r["last_error"],
-        next_attempt_at=r["next_attempt_at"],
-        delivered_at=r["delivered_at"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-        deadline_at=r["deadline_at"],
-    )
-
-
-def _same_metadata(stored: str | None, new: str | None) -> bool:
-    if stored is None or new is None:
-        return stored is new
-    return canonical_json(json.loads(stored)) == canonical_json(json.loads(new))
 
 
 class PostgresStore:
@@ -363,7 +325,7 @@ class PostgresStore:
             job_id,
             tenant,
         )
-        return _row_to_job(found) if found else None
+        return job_from_row(found) if found else None
 
     @staticmethod
     async def _idle_watch_if_unwatched(c: Conn, watch_ids: list[int]) -> None:
@@ -443,8 +405,8 @@ class PostgresStore:
                 new.callback_url,
             )
             if existing is not None:
-                job = _row_to_job(existing)
-                if _same_metadata(job.metadata, new.metadata):
+                job = job_from_row(existing)
+                if same_metadata(job.metadata, new.metadata):
                     return job, False
                 raise Conflict(
                     "a job for this kind, token and callback_url exists with other metadata"
@@ -525,7 +487,7 @@ class PostgresStore:
             rows = await c.fetch(sql, *args)
             more = len(rows) > limit
             rows = rows[:limit]
-            return [_row_to_job(r) for r in rows], (int(rows[-1]["seq"]) if more else None)
+            return [job_from_row(r) for r in rows], (int(rows[-1]["seq"]) if more else None)
 
         return await self._run(list_q, tx=False)
 

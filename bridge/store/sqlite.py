@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -36,10 +35,9 @@ from bridge.model import (
     Recorded,
     WatchWork,
     callback_body,
-    canonical_json,
     new_job_id,
 )
-from bridge.store.base import Conflict, StoreError
+from bridge.store.base import Conflict, StoreError, job_from_row, same_metadata
 
 T = TypeVar("T")
 
@@ -62,36 +60,6 @@ def migrations() -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             out.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
     return sorted(out)
-
-
-def _row_to_job(r: sqlite3.Row) -> Job:
-    # A tracking job sees its watch live; any other keeps what it saw when it stopped tracking.
-    live = r["state"] == TRACKING
-    return Job(
-        id=r["id"],
-        tenant=r["tenant"],
-        kind=r["kind"],
-        token=r["token"],
-        callback_url=r["callback_url"],
-        metadata=r["metadata"],
-        state=r["state"],
-        outcome=r["outcome"],
-        upstream_status=r["w_status"] if live else r["up_status"],
-        upstream_error=r["w_error"] if live else r["up_error"],
-        upstream_result=r["w_result"] if live else r["up_result"],
-        polls=r["w_polls"] - r["polls_base"] if live else r["polls"],
-        last_polled_at=r["w_last_polled_at"] if live else r["last_polled_at"],
-        next_poll_at=r["w_next_poll_at"] if live else None,
-        attempts=r["attempts"],
-        last_attempt_at=r["last_attempt_at"],
-        last_response_status=r["last_response_status"],
-        last_error=r["last_error"],
-        next_attempt_at=r["next_attempt_at"],
-        delivered_at=r["delivered_at"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-        deadline_at=r["deadline_at"],
-    )
 
 
 class FileLock:
@@ -231,7 +199,7 @@ class SQLiteStore:
     def _job_by_id(self, conn: sqlite3.Connection, tenant: str, job_id: str) -> Job | None:
         row = conn.execute(f"{_JOB_SELECT} WHERE j.id = ? AND j.tenant = ?", (job_id, tenant))
         found = row.fetchone()
-        return _row_to_job(found) if found else None
+        return job_from_row(found) if found else None
 
     # -- verbs -----------------------------------------------------------------------------
 
@@ -266,8 +234,8 @@ class SQLiteStore:
                 (new.tenant, new.kind, new.token, new.callback_url),
             ).fetchone()
             if existing is not None:
-                job = _row_to_job(existing)
-                if _same_metadata(job.metadata, new.metadata):
+                job = job_from_row(existing)
+                if same_metadata(job.metadata, new.metadata):
                     return job, False
                 raise Conflict(
                     "a job for this kind, token and callback_url exists with other metadata"
@@ -349,7 +317,7 @@ class SQLiteStore:
             rows = self._db().execute(sql, args).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
-            return [_row_to_job(r) for r in rows], (rows[-1]["seq"] if more else None)
+            return [job_from_row(r) for r in rows], (rows[-1]["seq"] if more else None)
 
         return await self._call(list_sync)
 
@@ -821,9 +789,3 @@ class SQLiteStore:
             return float(row[0]) if row[0] is not None else None
 
         return await self._call(next_due_sync)
-
-
-def _same_metadata(stored: str | None, new: str | None) -> bool:
-    if stored is None or new is None:
-        return stored is new
-    return canonical_json(json.loads(stored)) == canonical_json(json.loads(new))
