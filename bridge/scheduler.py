@@ -83,6 +83,7 @@ class Scheduler:
         self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
         self._pause_changes: set[str] = set()  # pause keys to write to the store
         self._notices: set[asyncio.Task[None]] = set()
+        self._adopted: set[str] = set()  # pause keys taken from the store, not seen here
         self._started: set[asyncio.Task[None] | None] = set()  # polls whose request went out
         # Claim no more polls than the rate limit lets start well within the lease: a poll
         # must start with at least BRIDGE_UPSTREAM_TIMEOUT of its lease left (see _poll).
@@ -264,10 +265,17 @@ class Scheduler:
 
     async def _adopt_pauses(self, now: float) -> None:
         """Take up pauses other processes stored (a 429 seen by any replica stops them all)."""
-        for key, reason, until, kind in await self.store.pauses():
+        stored = await self.store.pauses()
+        for key, reason, until, kind in stored:
             mine = self.pauses.get(key)
             if until > now and (mine is None or mine.until < until):
                 self.pauses.set(key, Pause(reason, until, kind))
+                self._adopted.add(key)
+        # A pause taken from the store and since lifted there (a good answer elsewhere)
+        # is lifted here too.
+        for key in self._adopted - {row[0] for row in stored}:
+            self._adopted.discard(key)
+            self.pauses.clear(key)
 
     def _pause_left(self, kind: str) -> float:
         now = self.clock()
@@ -325,6 +333,7 @@ class Scheduler:
             self.metrics.upstream_throttled.inc()
             self.pauses.set("throttled", Pause("throttled (429)", until))
             self._pause_changes.add("throttled")
+            self._adopted.discard("throttled")
             log.warning("upstream_throttled", retry_after_s=obs.retry_after, **log_kw)
             return PollRecord(
                 **base,
@@ -362,6 +371,7 @@ class Scheduler:
         until = now + pause
         self.pauses.set(key, Pause(reason, until, obs.kind))
         self._pause_changes.add(key)
+        self._adopted.discard(key)
         log.error(
             "upstream_paused",
             reason=reason,
