@@ -452,7 +452,7 @@ async def metrics(request: web.Request) -> web.Response:
     m.set_job_counts(await store.count_by_state())
     now = request.app[keys.CLOCK]()
     m.set_backlog(await store.backlog(now=now), now)
-    request.app[keys.SYNC_PAUSE_METRIC]()
+    m.set_paused({p.reason for p in request.app[keys.PAUSES].active()})
     return web.Response(
         body=m.exposition(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
     )

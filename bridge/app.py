@@ -44,7 +44,6 @@ def create_app(
     app[keys.POLICY] = policy or NetworkPolicy(allow=settings.callback_allow_networks)
     pauses = PauseBoard(clock)
     app[keys.PAUSES] = pauses
-    app[keys.SYNC_PAUSE_METRIC] = _pause_metric_sync(app)
     api.add_routes(app)
     app.cleanup_ctx.append(_store_ctx(store))
     app.cleanup_ctx.append(_secrets_ctx)
@@ -59,21 +58,6 @@ async def _stop_claiming(app: web.Application) -> None:
     # Runs as soon as the server stops accepting: in-flight work keeps the whole grace.
     if (scheduler := app.get(keys.SCHEDULER)) is not None:
         scheduler.stop_claiming()
-
-
-def _pause_metric_sync(app: web.Application) -> Callable[[], None]:
-    shown: set[str] = set()
-
-    def sync() -> None:
-        gauge = app[keys.METRICS].upstream_paused
-        active = {p.reason for p in app[keys.PAUSES].active()}
-        for reason in shown - active:
-            gauge.labels(reason).set(0)  # ended: kept at 0 so the series does not vanish
-        for reason in active:
-            gauge.labels(reason).set(1)
-        shown.update(active)
-
-    return sync
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -24,6 +24,5 @@ AUTH = web.AppKey("auth", Authenticator)
 SECRETS = web.AppKey("secrets", SecretBook)
 PAUSES = web.AppKey("pauses", PauseBoard)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
-SYNC_PAUSE_METRIC: web.AppKey[Callable[[], None]] = web.AppKey("sync_pause_metric")
 
 TENANT = web.RequestKey("tenant", str)

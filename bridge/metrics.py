@@ -63,6 +63,7 @@ class Metrics:
         self.upstream_throttled = Counter(
             "bridge_upstream_throttled", "429 answers from Uploadcare.", registry=r
         )
+        self._paused_reasons: set[str] = set()
         self.upstream_paused = Gauge(
             "bridge_upstream_paused",
             "1 while polling is paused for that reason.",
@@ -123,6 +124,14 @@ class Metrics:
     def set_job_counts(self, counts: dict[str, int]) -> None:
         for state in STATES:
             self.jobs.labels(state).set(counts.get(state, 0))
+
+    def set_paused(self, reasons: set[str]) -> None:
+        """1 for each reason polling is paused for; a reason that ended stays, at 0."""
+        for reason in self._paused_reasons - reasons:
+            self.upstream_paused.labels(reason).set(0)
+        for reason in reasons:
+            self.upstream_paused.labels(reason).set(1)
+        self._paused_reasons |= reasons
 
     def set_backlog(self, backlog: dict[str, tuple[int, float | None]], now: float) -> None:
         for work in ("poll", "delivery"):

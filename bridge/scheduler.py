@@ -165,18 +165,6 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
 
-    async def run_once(self) -> int:
-        """Claim everything due now and wait for it to finish; return how much ran (tests)."""
-        started = 0
-        while True:
-            before = len(self._polls) + len(self._deliveries)
-            await self._tick()
-            tasks = self._polls | self._deliveries
-            if not tasks:
-                return started
-            started += len(tasks) - before if len(tasks) > before else 0
-            await asyncio.wait(tasks)
-
     async def _tick(self) -> bool:
         """One look at the store; True if it found a full batch (more may be due)."""
         now = self.clock()
