@@ -839,3 +839,27 @@ async def test_a_closed_store_raises_store_error() -> None:
         with pytest.raises(StoreError):
             await store.get_job("alpha", "job_x")
         await store.close()  # twice is fine
+
+
+async def test_concurrent_verbs_fail_alone_and_all_commit(store: Store, tmp_path: Path) -> None:
+    """Verbs that arrive together (SQLite commits them as one group) keep their own results:
+    a conflict undoes only itself, and every success is there after a reopen."""
+    await reg(store, job(token=7, tenant="beta"))
+    news = [job(token=100 + n) for n in range(120)]
+    news += [job(token=7)] * 5  # another tenant's token: 409 each, amid the group
+    news += [job(token=100, metadata='{"other":1}')] * 5  # same job, other metadata: 409
+    results = await asyncio.gather(*(reg(store, n) for n in news), return_exceptions=True)
+    conflicts = [r for r in results if isinstance(r, Conflict)]
+    made = [r for r in results if isinstance(r, tuple)]
+    assert len(conflicts) == 10, results[-10:]
+    assert len(made) == 120 and all(created for _, created in made)
+    if isinstance(store, SQLiteStore):
+        await store.close()
+        reopened = await SQLiteStore.open(store.path)
+        try:
+            counts = await reopened.count_by_state()
+        finally:
+            await reopened.close()
+    else:
+        counts = await store.count_by_state()
+    assert counts == {"tracking": 121}
