@@ -163,8 +163,6 @@ class NewJob:
 
 TERMINAL_STATUSES: Final = ("finished", "failed", "canceled")
 NOT_FOUND_LIMIT: Final = 3
-# Growth of the poll interval while the status does not change.
-POLL_GROWTH: Final = 1.5
 
 
 def webhook_id(job_id: str) -> str:
@@ -175,15 +173,6 @@ def webhook_id(job_id: str) -> str:
 def jittered(value: float, fraction: float, rand: float) -> float:
     """``value`` moved by up to ±``fraction`` of itself; ``rand`` is uniform in [0, 1)."""
     return value * (1 + fraction * (2 * rand - 1))
-
-
-def next_poll_interval(
-    previous: float | None, changed: bool, min_interval: float, max_interval: float
-) -> float:
-    """Start at the minimum, grow while nothing changes, fall back when something does."""
-    if previous is None or changed:
-        return min_interval
-    return min(max_interval, max(min_interval, previous * POLL_GROWTH))
 
 
 def failure_backoff(failures: int, min_interval: float, max_interval: float) -> float:
@@ -260,6 +249,8 @@ class WatchWork:
     interval: float | None
     not_found: int
     failures: int
+    armed_at: float  # when this round of tracking began: the poll plan's zero
+    last_polled_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +270,9 @@ class PollRecord:
     changed: bool = False
     outcome: str | None = None
     outcome_error: str | None = None
+    # Seen to end: how long the conversion took, as weights on the duration histogram's
+    # buckets (bridge.policy.spread), added in the same transaction.
+    learned: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

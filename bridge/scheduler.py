@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from bridge import model
+from bridge import model, policy
 from bridge.delivery import AttemptResult, Deliverer
 from bridge.metrics import Metrics
 from bridge.model import Attempt, DeliveryWork, PollRecord, Recorded, WatchWork
@@ -44,6 +44,8 @@ log = structlog.get_logger("bridge.scheduler")
 MAX_IDLE = 0.5
 # How often tracking jobs are checked against their deadline.
 EXPIRY_EVERY = 1.0
+# How often the poll plans are rebuilt from the durations the store has learned.
+PLAN_EVERY = 5.0
 
 
 class Scheduler:
@@ -80,6 +82,8 @@ class Scheduler:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._next_expiry = 0.0
+        self._next_plan = 0.0
+        self.plans: dict[str, policy.Plan | None] = {}
         self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
         self._pause_changes: set[str] = set()  # pause keys to write to the store
         self._notices: set[asyncio.Task[None]] = set()
@@ -174,6 +178,9 @@ class Scheduler:
             await self._adopt_pauses(now)
             expired = await self.store.expire_due(now=now)
             self._outcomes(expired)
+        if now >= self._next_plan:
+            self._next_plan = now + PLAN_EVERY
+            await self._replan()
         free = self.settings.upstream_concurrency - len(self._polls)
         paused_all, paused_kinds = self.pauses.paused(now)
         if free > 0 and not paused_all:
@@ -199,6 +206,25 @@ class Scheduler:
                 self._spawn(self._deliveries, self._deliver(d))
             full = full or len(deliveries) == free
         return full
+
+    async def _replan(self) -> None:
+        """Rebuild each kind's poll plan from the durations the store holds (any replica's)."""
+        for kind, pairs in (await self.store.durations()).items():
+            weights = policy.add([], pairs)
+            if policy.needs_decay(weights):
+                await self.store.scale_durations(kind, 0.5)
+                weights = [w * 0.5 for w in weights]
+            plan = policy.make_plan(weights)
+            if plan != self.plans.get(kind):
+                self.plans[kind] = plan
+                if plan is not None:
+                    log.info(
+                        "poll_plan_learned",
+                        kind=kind,
+                        samples=round(plan.samples),
+                        dense_from_s=round(plan.dense[0][0], 2) if plan.dense else None,
+                        horizon_s=round(plan.horizon, 2),
+                    )
 
     def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)
@@ -285,10 +311,20 @@ class Scheduler:
         if isinstance(obs, Status):
             self._clear_rejections(w.kind)
             changed = obs.status != w.status
-            interval = model.next_poll_interval(
-                w.interval, changed, s.poll_min_interval, s.poll_max_interval
+            interval = policy.next_interval(
+                self.plans.get(w.kind),
+                elapsed=now - w.armed_at,
+                previous=w.interval,
+                changed=changed,
+                min_interval=s.poll_min_interval,
+                max_interval=s.poll_max_interval,
             )
             outcome = obs.status if obs.is_terminal else None
+            learned: tuple[tuple[int, float], ...] = ()
+            if obs.is_terminal and w.status not in model.TERMINAL_STATUSES:
+                # Ended since the last poll (or since arming): between the two, it finished.
+                ran = (w.last_polled_at or w.armed_at) - w.armed_at
+                learned = tuple(policy.spread(ran, started - w.armed_at))
             if changed:
                 log.info("upstream_status_changed", status=obs.status, previous=w.status, **log_kw)
             return PollRecord(
@@ -305,6 +341,7 @@ class Scheduler:
                 changed=changed,
                 outcome=outcome,
                 outcome_error=obs.error,
+                learned=learned,
             )
         if isinstance(obs, NotFound):
             misses = w.not_found + 1

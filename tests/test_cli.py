@@ -157,7 +157,7 @@ async def test_insecure_no_auth_serves_tenant_default(tmp_path: Path) -> None:
 async def test_migrate_and_secret_commands(tmp_path: Path) -> None:
     env = serve_env(tmp_path)
     code, out, _ = await run_bridge(["migrate"], env)
-    assert code == 0 and "schema at version 1" in out
+    assert code == 0 and "schema at version 2" in out
     code, out, _ = await run_bridge(["secret", "--tenant", "alpha"], env)
     assert code == 0
     alpha_secret = out.strip()

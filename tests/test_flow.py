@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
+import sqlite3
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from bridge import policy
+from bridge.store.sqlite import SQLiteStore
 from tests.conftest import ALPHA, BETA
 from tests.harness import bridge, fake_upstream, job, receiver, register, wait_state
 
@@ -381,3 +387,40 @@ async def test_a_kind_specific_400_pauses_that_kind_only(tmp_path: Path) -> None
         assert body["upstream"]["state"] == "paused"
         assert body["upstream"].get("kind") == "video"
         assert (await job(client, video["id"]))["state"] == "tracking"
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+async def test_a_learned_plan_spaces_polls_and_every_end_teaches_it(tmp_path: Path) -> None:
+    # History: 200 video conversions that each took about 20 s.
+    store = await SQLiteStore.open(str(tmp_path / "bridge.db"))
+    await store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "bridge.db")) as db, db:
+        db.execute("INSERT INTO durations VALUES ('video', ?, 200.0)", (policy.bucket_of(20.0),))
+    dense_from = policy.EDGES[policy.bucket_of(20.0)]
+    env = {"BRIDGE_POLL_MIN_INTERVAL": "50ms", "BRIDGE_POLL_MAX_INTERVAL": "60s"}
+    async with fake_upstream() as up, receiver() as rec, bridge(tmp_path, up.url, **env) as client:
+        slow = await register(client, up.fake.add_job("video", duration=3600), rec.url)
+        quick = await register(
+            client, up.fake.add_job("document", duration=0.2), rec.url, kind="document"
+        )
+        deadline = time.monotonic() + 10
+        while (polled := await job(client, slow["id"]))["upstream"]["polls"] < 1:
+            assert time.monotonic() < deadline, polled
+            await asyncio.sleep(0.02)
+        up_view = polled["upstream"]
+        gap = _epoch(up_view["next_poll_at"]) - _epoch(up_view["last_polled_at"])
+        # Not the 50 ms minimum: one jump to where conversions of this kind end, aimed so
+        # that with its jitter it lands no later than a minimum interval past it.
+        assert dense_from * 0.8 < gap <= dense_from + 0.05, gap
+        await wait_state(client, quick["id"], ("delivered",))
+    # The document's end was learned, in the same commit as the poll that saw it.
+    store = await SQLiteStore.open(str(tmp_path / "bridge.db"))
+    try:
+        learned = await store.durations()
+    finally:
+        await store.close()
+    assert math.isclose(sum(w for _, w in learned["document"]), 1.0)
+    assert learned["video"] == [(policy.bucket_of(20.0), 200.0)]

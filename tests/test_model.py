@@ -14,25 +14,6 @@ from bridge.pacing import Pause, PauseBoard, RateLimiter
 SCHEDULE = (5.0, 300.0, 1800.0)
 
 
-@pytest.mark.parametrize(
-    ("previous", "changed", "expected"),
-    [
-        (None, False, 2.0),
-        (None, True, 2.0),
-        (2.0, False, 3.0),
-        (3.0, False, 4.5),
-        (50.0, False, 60.0),
-        (60.0, False, 60.0),
-        (40.0, True, 2.0),
-        (1.0, False, 2.0),
-    ],
-)
-def test_poll_interval_grows_while_unchanged(
-    previous: float | None, changed: bool, expected: float
-) -> None:
-    assert model.next_poll_interval(previous, changed, 2.0, 60.0) == expected
-
-
 @pytest.mark.parametrize(("rand", "expected"), [(0.0, 9.0), (0.5, 10.0), (0.999999, 11.0)])
 def test_jitter_bounds(rand: float, expected: float) -> None:
     assert model.jittered(10.0, 0.1, rand) == pytest.approx(expected, abs=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +27,9 @@ from bridge.model import (
 from bridge.settings import Database
 from bridge.store import Conflict, Store, StoreError, open_store
 from bridge.store.postgres import PostgresStore
+from bridge.store.postgres import migrations as pg_migrations
 from bridge.store.sqlite import SQLiteStore
+from bridge.store.sqlite import migrations as sqlite_migrations
 from tests import pg
 
 T0 = 1_800_000_000.0
@@ -746,7 +749,7 @@ async def test_data_survives_reopen(tmp_path: Path) -> None:
     try:
         j = await s.get_job("alpha", a)
         assert j is not None and j.token == 42 and j.metadata == '{"k":"v"}'
-        assert await s.migrate() == 1
+        assert await s.migrate() == sqlite_migrations()[-1][0]
     finally:
         await s.close()
 
@@ -761,8 +764,11 @@ async def test_replicas_starting_at_once_migrate_once() -> None:
             *(PostgresStore.open(pg.POSTGRES_URL, schema=schema) for _ in range(6))
         )
         try:
-            assert await asyncio.gather(*(s.migrate() for s in stores)) == [1] * 6
-            assert await pg.fetchval(schema, "SELECT count(*) FROM schema_version") == 1
+            latest = pg_migrations()[-1][0]
+            assert await asyncio.gather(*(s.migrate() for s in stores)) == [latest] * 6
+            # Each version applied once.
+            applied = len(pg_migrations())
+            assert await pg.fetchval(schema, "SELECT count(*) FROM schema_version") == applied
             # Every replica sees what another wrote.
             a, _ = await reg(stores[0], job(token=42, metadata='{"k":"v"}'))
             j = await stores[5].get_job("alpha", a)
@@ -863,3 +869,37 @@ async def test_concurrent_verbs_fail_alone_and_all_commit(store: Store, tmp_path
     else:
         counts = await store.count_by_state()
     assert counts == {"tracking": 121}
+
+
+async def test_a_watch_knows_when_its_tracking_began_and_was_last_polled(store: Store) -> None:
+    await reg(store, job(token=3), now=T0)
+    (w,) = await store.claim_due_watches("a", now=T0 + 1, lease=LONG, limit=5)
+    assert (w.armed_at, w.last_polled_at) == (T0, None)
+    await store.record_poll(w.id, "a", seen(T0 + 1, T0 + 1.5, next_at=T0 + 4))
+    (w,) = await store.claim_due_watches("a", now=T0 + 4, lease=LONG, limit=5)
+    assert (w.armed_at, w.last_polled_at) == (T0, T0 + 1.5)
+    done = seen(T0 + 4, T0 + 4.2, status="finished", outcome="finished")
+    await store.record_poll(w.id, "a", done)
+    # The watch ended; a newcomer arms it again, and its plan's clock starts afresh.
+    await reg(store, job(token=3, url="http://127.0.0.1:9/other"), now=T0 + 100)
+    (w,) = await store.claim_due_watches("a", now=T0 + 101, lease=LONG, limit=5)
+    assert (w.armed_at, w.last_polled_at, w.status) == (T0 + 100, None, None)
+
+
+async def test_learned_durations_add_up_per_kind_and_fade(store: Store) -> None:
+    assert await store.durations() == {}
+    await reg(store, job(token=5), now=T0)
+    await reg(store, job(token=6, kind="document"), now=T0)
+    watches = await store.claim_due_watches("a", now=T0 + 1, lease=LONG, limit=5)
+    by_kind = {w.kind: w for w in watches}
+    for kind, learned in (("video", ((40, 0.25), (41, 0.75))), ("document", ((40, 1.0),))):
+        record = dataclasses.replace(
+            seen(T0 + 1, T0 + 1.1, status="finished", outcome="finished"), learned=learned
+        )
+        await store.record_poll(by_kind[kind].id, "a", record)
+    assert await store.durations() == {"document": [(40, 1.0)], "video": [(40, 0.25), (41, 0.75)]}
+    await store.scale_durations("video", 0.5)
+    assert await store.durations() == {
+        "document": [(40, 1.0)],
+        "video": [(40, 0.125), (41, 0.375)],
+    }

@@ -115,6 +115,12 @@ class Store(Protocol):
     ) -> bool:
         """Commit an attempt and what follows; False if the job left ``delivering`` meanwhile."""
 
+    async def durations(self) -> dict[str, list[tuple[int, float]]]:
+        """The learned duration histogram: per kind, (bucket, weight) pairs."""
+
+    async def scale_durations(self, kind: str, factor: float) -> None:
+        """Multiply one kind's histogram by ``factor`` (how old history fades)."""
+
     async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None:
         """Record an upstream pause for every process on this database to honour.
 

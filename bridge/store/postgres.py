@@ -105,7 +105,7 @@ WITH due AS (
     UPDATE watches w SET lease_owner = $2, lease_until = {DB_NOW} + $5::float8
      WHERE w.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING w.id, w.kind, w.token, w.next_poll_at, w.status, w."interval", w.not_found,
-              w.failures
+              w.failures, coalesce(w.armed_at, w.created_at), w.last_polled_at
 )
 SELECT * FROM claimed ORDER BY next_poll_at, id
 """
@@ -369,8 +369,9 @@ class PostgresStore:
             if watch is not None:
                 return watch, int(watch["id"])
             made = await c.fetchval(
-                "INSERT INTO watches (kind, token, owner, next_poll_at, created_at)"
-                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, token) DO NOTHING RETURNING id",
+                "INSERT INTO watches (kind, token, owner, next_poll_at, created_at, armed_at)"
+                " VALUES ($1, $2, $3, $4, $5, $5)"
+                " ON CONFLICT (kind, token) DO NOTHING RETURNING id",
                 new.kind,
                 new.token,
                 new.tenant,
@@ -419,9 +420,11 @@ class PostgresStore:
                     await c.execute(
                         "UPDATE watches SET next_poll_at = $1, status = NULL, error = NULL,"
                         ' result = NULL, not_found = 0, failures = 0, "interval" = NULL,'
-                        " last_change_at = NULL WHERE id = $2",
+                        " last_change_at = NULL, last_polled_at = NULL, armed_at = $3"
+                        " WHERE id = $2",
                         first_poll_at,
                         watch_id,
+                        now,
                     )
                 else:
                     # A live watch: its next poll is the newcomer's first, no later than promised.
@@ -661,6 +664,13 @@ class PostgresStore:
             else (w["status"], w["error"], w["result"])
         )
         polls = w["polls"] + 1
+        if rec.learned:
+            await c.executemany(
+                "INSERT INTO durations (kind, bucket, weight) VALUES ($1, $2, $3)"
+                " ON CONFLICT (kind, bucket) DO UPDATE"
+                " SET weight = durations.weight + excluded.weight",
+                [(w["kind"], b, weight) for b, weight in rec.learned],
+            )
         recorded: list[Recorded] = []
         if rec.outcome is not None:
             recorded = await self._hand_outcome(
@@ -893,6 +903,23 @@ class PostgresStore:
             return True
 
         return await self._run(record_tx)
+
+    async def durations(self) -> dict[str, list[tuple[int, float]]]:
+        async def durations_q(c: Conn) -> dict[str, list[tuple[int, float]]]:
+            out: dict[str, list[tuple[int, float]]] = {}
+            for r in await c.fetch("SELECT kind, bucket, weight FROM durations ORDER BY 1, 2"):
+                out.setdefault(r["kind"], []).append((r["bucket"], r["weight"]))
+            return out
+
+        return await self._run(durations_q, tx=False)
+
+    async def scale_durations(self, kind: str, factor: float) -> None:
+        async def scale_q(c: Conn) -> None:
+            await c.execute(
+                "UPDATE durations SET weight = weight * $1 WHERE kind = $2", factor, kind
+            )
+
+        await self._run(scale_q, tx=False)
 
     async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None:
         async def set_tx(c: Conn) -> None:

@@ -328,9 +328,9 @@ class SQLiteStore:
                 )
             if watch is None:
                 watch_id = c.execute(
-                    "INSERT INTO watches (kind, token, owner, next_poll_at, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (new.kind, new.token, new.tenant, first_poll_at, now),
+                    "INSERT INTO watches (kind, token, owner, next_poll_at, created_at, armed_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (new.kind, new.token, new.tenant, first_poll_at, now, now),
                 ).lastrowid
             elif watch["next_poll_at"] is None:
                 # The watch had ended: poll again for the newcomer, starting afresh.
@@ -338,8 +338,8 @@ class SQLiteStore:
                 c.execute(
                     "UPDATE watches SET next_poll_at = ?, status = NULL, error = NULL,"
                     " result = NULL, not_found = 0, failures = 0, interval = NULL,"
-                    " last_change_at = NULL WHERE id = ?",
-                    (first_poll_at, watch_id),
+                    " last_change_at = NULL, last_polled_at = NULL, armed_at = ? WHERE id = ?",
+                    (first_poll_at, now, watch_id),
                 )
             else:
                 # A live watch: its next poll is the newcomer's first one, no later than promised.
@@ -558,7 +558,8 @@ class SQLiteStore:
         def claim_sync() -> list[WatchWork]:
             with self._tx() as c:
                 rows = c.execute(
-                    "SELECT id, kind, token, next_poll_at, status, interval, not_found, failures"
+                    "SELECT id, kind, token, next_poll_at, status, interval, not_found, failures,"
+                    " coalesce(armed_at, created_at), last_polled_at"
                     " FROM watches WHERE next_poll_at <= ?"
                     " AND (lease_until IS NULL OR lease_until < ?)"
                     f"{skip} ORDER BY next_poll_at LIMIT ?",
@@ -586,6 +587,12 @@ class SQLiteStore:
                 else (w["status"], w["error"], w["result"])
             )
             polls = w["polls"] + 1
+            if rec.learned:
+                c.executemany(
+                    "INSERT INTO durations (kind, bucket, weight) VALUES (?, ?, ?)"
+                    " ON CONFLICT (kind, bucket) DO UPDATE SET weight = weight + excluded.weight",
+                    [(w["kind"], b, weight) for b, weight in rec.learned],
+                )
             recorded: list[Recorded] = []
             if rec.outcome is not None:
                 recorded = self._hand_outcome(
@@ -800,6 +807,24 @@ class SQLiteStore:
                 return bool(changed)
 
         return await self._verb(record_sync)
+
+    async def durations(self) -> dict[str, list[tuple[int, float]]]:
+        def durations_sync() -> dict[str, list[tuple[int, float]]]:
+            out: dict[str, list[tuple[int, float]]] = {}
+            for kind, bucket, weight in self._db().execute(
+                "SELECT kind, bucket, weight FROM durations ORDER BY kind, bucket"
+            ):
+                out.setdefault(kind, []).append((bucket, weight))
+            return out
+
+        return await self._verb(durations_sync)
+
+    async def scale_durations(self, kind: str, factor: float) -> None:
+        def scale_sync() -> None:
+            with self._tx() as c:
+                c.execute("UPDATE durations SET weight = weight * ? WHERE kind = ?", (factor, kind))
+
+        await self._verb(scale_sync)
 
     async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None:
         def set_sync() -> None:
