@@ -158,7 +158,7 @@ def poll_one(
         t += model.jittered(interval, 0.1, rng.random())
 
 
-def fixed_cost_at(p95: float, fixed: dict[float, dict[str, float]]) -> float | None:
+def fixed_cost_at(p95: float, fixed: dict[str, dict[str, float]]) -> float | None:
     """Requests per job of the fixed interval whose p95 would be ``p95``.
 
     Requests per job of a fixed interval go as a/T + b and its p95 as 0.95 T, so the
@@ -188,7 +188,7 @@ def frontier(name: str, jobs: int, warmup: int, pacing: Pacing, seed: int) -> di
         "bridge_learned": learned,
     }
     for label, row in (("growth_rule", growth), ("learned", learned)):
-        same = fixed_cost_at(row["p95_detection_s"], {k: fixed[k] for k in fixed})
+        same = fixed_cost_at(row["p95_detection_s"], fixed)
         if same is not None:
             out[f"fixed_at_{label}_p95_requests_per_job"] = round(same, 3)
             out[f"{label}_savings_vs_fixed"] = round(same / row["requests_per_job"], 3)
