@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test lint clean
+.PHONY: install demo run test lint bench clean
 
 install: $(STAMP)
 
@@ -26,9 +26,13 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check bridge tests
-	$(BIN)/ruff format --check bridge tests
-	$(BIN)/mypy --strict bridge
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff format --check bridge tests bench
+	$(BIN)/mypy --strict bridge bench
+
+# Figures, not a test: one JSON object on stdout (python -m bench --help for BENCH_ARGS).
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
