@@ -8,7 +8,7 @@ import errno
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -112,8 +112,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_format, settings.log_level, settings.secret_values())
     if settings.insecure_no_auth and not settings.api_keys:
         log.warning("auth_disabled", message="every /v1 request is accepted as tenant 'default'")
-    asyncio.run(_serve(settings))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_serve(settings))
     return 0
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (the bench measured it cheaper per job), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 # -- migrate and secret ----------------------------------------------------------------------
