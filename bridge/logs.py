@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -9,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
@@ -29,8 +31,11 @@ class Redactor:
         self._pattern: re.Pattern[str] | None = None
 
     def add(self, secrets: Iterable[str]) -> None:
-        # Each also as it would appear inside a URL (a DSN's password is percent-encoded).
-        forms = {form for s in secrets for form in (s, quote(s, safe=""), quote(s))}
+        # Each also as it would appear inside a URL (a DSN's password is percent-encoded)
+        # and inside a JSON string (lines are redacted after rendering).
+        forms = {
+            form for s in secrets for form in (s, quote(s, safe=""), quote(s), json.dumps(s)[1:-1])
+        }
         fresh = {s for s in forms if len(s) >= 4} - self._secrets
         if fresh:
             self._secrets |= fresh
@@ -40,32 +45,51 @@ class Redactor:
     def text(self, value: str) -> str:
         if self._pattern is not None:
             value = self._pattern.sub(REDACTED, value)
-        return _USERINFO.sub(REDACTED + "@", value)
+        if "://" in value:
+            value = _USERINFO.sub(REDACTED + "@", value)
+        return value
 
-    def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
+    def keys(self, value: Any) -> Any:
+        """``value`` with every sensitive key's value, at any depth, replaced."""
         if isinstance(value, dict):
             return {
-                k: REDACTED if str(k).lower() in _SENSITIVE_KEYS else self.value(v)
+                k: REDACTED if str(k).lower() in _SENSITIVE_KEYS else self.keys(v)
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
-            return [self.value(v) for v in value]
+            return [self.keys(v) for v in value]
         if isinstance(value, BaseException):
-            return self.text(repr(value))
+            return repr(value)
         return value
 
     def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
-        for key in list(event):
+        """Before rendering: sensitive keys. Strings are left to ``line``, after rendering."""
+        for key, value in event.items():
             if key.lower() in _SENSITIVE_KEYS:
                 event[key] = REDACTED
-            else:
-                event[key] = self.value(event[key])
+            elif isinstance(value, dict | list | tuple | BaseException):
+                event[key] = self.keys(value)
         return event
+
+    def line(self, _: WrappedLogger, __: str, rendered: Any) -> Any:
+        """After rendering: every secret and URL user-info in the whole line, in one pass.
+
+        One pass over the rendered line costs a third of one per value (the bench's
+        log-heavy path), and it also catches a secret in a spelling no value had.
+        """
+        return self.text(rendered) if isinstance(rendered, str) else rendered
 
 
 redactor = Redactor()
+
+
+def _orjson_text(event: Any, **_: Any) -> str:
+    # orjson renders a line in a third of the json module's time; what it cannot render
+    # (an integer past 64 bits) falls back to the json module rather than losing the line.
+    try:
+        return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(event, default=repr)
 
 
 def _drop_color_message(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
@@ -84,15 +108,20 @@ def configure(fmt: str = "json", level: str = "info", secrets: Iterable[str] = (
         _drop_color_message,
     ]
     renderer: Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_text)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    tail: list[Processor] = [structlog.processors.format_exc_info, redactor, renderer]
+    tail: list[Processor] = [
+        structlog.processors.format_exc_info,
+        redactor,
+        renderer,
+        redactor.line,
+    ]
     structlog.configure(
         processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stdout)

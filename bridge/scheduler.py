@@ -326,7 +326,7 @@ class Scheduler:
                 ran = (w.last_polled_at or w.armed_at) - w.armed_at
                 learned = tuple(policy.spread(ran, started - w.armed_at))
             if changed:
-                log.info("upstream_status_changed", status=obs.status, previous=w.status, **log_kw)
+                log.debug("upstream_status_changed", status=obs.status, previous=w.status, **log_kw)
             return PollRecord(
                 started_at=started,
                 polled_at=now,
