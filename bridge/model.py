@@ -293,9 +293,11 @@ class DeliveryWork:
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """A job that received its outcome."""
+    """A job that received its outcome; ``delivery`` when its first attempt was leased
+    to the recorder in the same transaction (no claim round trip before it starts)."""
 
     job_id: str
     kind: str
     token: int
     outcome: str
+    delivery: DeliveryWork | None = None

@@ -903,3 +903,31 @@ async def test_learned_durations_add_up_per_kind_and_fade(store: Store) -> None:
         "document": [(40, 1.0)],
         "video": [(40, 0.125), (41, 0.375)],
     }
+
+
+async def test_an_outcome_can_come_back_with_its_callback_leased(store: Store) -> None:
+    first, _ = await reg(store, job(token=9, url="http://127.0.0.1:9/a"), now=T0)
+    second, _ = await reg(store, job(token=9, url="http://127.0.0.1:9/b"), now=T0)
+    (w,) = await store.claim_due_watches("a", now=T0 + 1, lease=LONG, limit=5)
+    done = seen(T0 + 1, T0 + 1.2, status="finished", outcome="finished")
+    recorded = await store.record_poll(w.id, "a", done, lease=LONG, deliver=1)
+    assert [(r.job_id, r.delivery is not None) for r in recorded] == [
+        (first, True),
+        (second, False),
+    ]
+    handed = recorded[0].delivery
+    assert handed is not None
+    assert (handed.job_id, handed.attempts, handed.round_attempts, handed.outcome_at) == (
+        first,
+        0,
+        0,
+        T0 + 1.2,
+    )
+    assert b'"status":"finished"' in handed.body
+    # The handed-off callback is leased to "a": another claimer gets only the other one.
+    claimed = await store.claim_due_deliveries("b", now=T0 + 2, lease=LONG, limit=5)
+    assert [d.job_id for d in claimed] == [second]
+    attempt = Attempt(n=1, at=T0 + 2, duration_ms=5, response_status=204, error=None)
+    assert await store.record_attempt(
+        first, "a", attempt, next_state="delivered", next_attempt_at=None
+    )

@@ -93,8 +93,15 @@ class Store(Protocol):
     ) -> list[WatchWork]:
         """Lease up to ``limit`` watches whose poll is due, earliest first."""
 
-    async def record_poll(self, watch_id: int, owner: str, record: PollRecord) -> list[Recorded]:
-        """Commit a poll's result; hand an outcome to every job registered before the poll."""
+    async def record_poll(
+        self, watch_id: int, owner: str, record: PollRecord, *, lease: float = 0, deliver: int = 0
+    ) -> list[Recorded]:
+        """Commit a poll's result; hand an outcome to every job registered before the poll.
+
+        Up to ``deliver`` of those jobs come back with their first callback already leased
+        to ``owner`` for ``lease`` seconds (``Recorded.delivery``), so the recorder can
+        start them at once; the rest wait for ``claim_due_deliveries``.
+        """
 
     async def expire_due(self, *, now: float) -> list[Recorded]:
         """Give ``expired`` to every tracking job past its deadline."""

@@ -129,11 +129,13 @@ SELECT * FROM claimed ORDER BY next_attempt_at, seq
 
 # Hand an outcome to many jobs in one statement: per-job id, body and polls_base come in
 # as arrays; what the poll saw is the same for all.
-_HAND_OUTCOME = """
+_HAND_OUTCOME = f"""
 UPDATE jobs j SET state = 'delivering', outcome = $3, up_status = $4, up_error = $5,
        up_result = $6, polls = $7 - j.polls_base, last_polled_at = $8, outcome_at = $9,
-       body = u.body, next_attempt_at = $9, round_attempts = 0, updated_at = $9
-  FROM unnest($1::text[], $2::bytea[]) AS u(id, body)
+       body = u.body, next_attempt_at = $9, round_attempts = 0, updated_at = $9,
+       lease_owner = CASE WHEN u.n <= $10 THEN $11 END,
+       lease_until = CASE WHEN u.n <= $10 THEN {DB_NOW} + $12::float8 END
+  FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS u(id, body, n)
  WHERE j.id = u.id
 """
 
@@ -647,11 +649,20 @@ class PostgresStore:
         # One statement: its own transaction.
         return await self._run(claim_q, tx=False)
 
-    async def record_poll(self, watch_id: int, owner: str, record: PollRecord) -> list[Recorded]:
-        return await self._run(lambda c: self._record_poll_tx(c, watch_id, owner, record))
+    async def record_poll(
+        self, watch_id: int, owner: str, record: PollRecord, *, lease: float = 0, deliver: int = 0
+    ) -> list[Recorded]:
+        return await self._run(
+            lambda c: self._record_poll_tx(c, watch_id, owner, record, (owner, lease, deliver))
+        )
 
     async def _record_poll_tx(
-        self, c: Conn, watch_id: int, owner: str, rec: PollRecord
+        self,
+        c: Conn,
+        watch_id: int,
+        owner: str,
+        rec: PollRecord,
+        lease: tuple[str, float, int],
     ) -> list[Recorded]:
         # Applied whoever records (SQLite's semantics): a late record from a replica whose
         # lease ran out still carries a real observation, and an outcome must not be lost.
@@ -674,7 +685,14 @@ class PostgresStore:
         recorded: list[Recorded] = []
         if rec.outcome is not None:
             recorded = await self._hand_outcome(
-                c, watch_id, rec, status=status, error=error, result=result, polls=polls
+                c,
+                watch_id,
+                rec,
+                status=status,
+                error=error,
+                result=result,
+                polls=polls,
+                lease=lease,
             )
         tracking = await c.fetchval(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE watch_id = $1 AND state = 'tracking')",
@@ -719,11 +737,13 @@ class PostgresStore:
         error: str | None,
         result: str | None,
         polls: int,
+        lease: tuple[str, float, int],
     ) -> list[Recorded]:
         assert rec.outcome is not None
+        owner, lease_s, deliver = lease
         # Locked and re-checked: a job canceled meanwhile keeps its cancellation.
         jobs = await c.fetch(
-            "SELECT id, kind, token, metadata FROM jobs"
+            "SELECT id, tenant, kind, token, callback_url, metadata, attempts FROM jobs"
             " WHERE watch_id = $1 AND state = 'tracking' AND created_at <= $2"
             " ORDER BY seq FOR UPDATE",
             watch_id,
@@ -755,8 +775,33 @@ class PostgresStore:
             polls,
             rec.polled_at,
             rec.polled_at,
+            deliver,
+            owner,
+            lease_s,
         )
-        return [Recorded(j["id"], j["kind"], j["token"], rec.outcome) for j in jobs]
+        return [
+            Recorded(
+                j["id"],
+                j["kind"],
+                j["token"],
+                rec.outcome,
+                DeliveryWork(
+                    j["id"],
+                    j["tenant"],
+                    j["kind"],
+                    j["token"],
+                    j["callback_url"],
+                    body,
+                    j["attempts"],
+                    0,
+                    rec.polled_at,
+                    rec.polled_at,
+                )
+                if n < deliver
+                else None,
+            )
+            for n, (j, body) in enumerate(zip(jobs, bodies, strict=True))
+        ]
 
     async def expire_due(self, *, now: float) -> list[Recorded]:
         async def expire_tx(c: Conn) -> list[Recorded]:

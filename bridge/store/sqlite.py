@@ -573,10 +573,14 @@ class SQLiteStore:
 
         return await self._verb(claim_sync)
 
-    async def record_poll(self, watch_id: int, owner: str, record: PollRecord) -> list[Recorded]:
-        return await self._verb(self._record_poll_sync, watch_id, owner, record)
+    async def record_poll(
+        self, watch_id: int, owner: str, record: PollRecord, *, lease: float = 0, deliver: int = 0
+    ) -> list[Recorded]:
+        return await self._verb(self._record_poll_sync, watch_id, owner, record, lease, deliver)
 
-    def _record_poll_sync(self, watch_id: int, owner: str, rec: PollRecord) -> list[Recorded]:
+    def _record_poll_sync(
+        self, watch_id: int, owner: str, rec: PollRecord, lease: float, deliver: int
+    ) -> list[Recorded]:
         with self._tx() as c:
             w = c.execute("SELECT * FROM watches WHERE id = ?", (watch_id,)).fetchone()
             if w is None:
@@ -596,7 +600,14 @@ class SQLiteStore:
             recorded: list[Recorded] = []
             if rec.outcome is not None:
                 recorded = self._hand_outcome(
-                    c, w, rec, status=status, error=error, result=result, polls=polls
+                    c,
+                    w,
+                    rec,
+                    status=status,
+                    error=error,
+                    result=result,
+                    polls=polls,
+                    lease=(owner, rec.polled_at + lease, deliver),
                 )
             tracking = c.execute(
                 "SELECT count(*) FROM jobs WHERE watch_id = ? AND state = 'tracking'",
@@ -641,15 +652,19 @@ class SQLiteStore:
         error: str | None,
         result: str | None,
         polls: int,
+        lease: tuple[str, float, int],
     ) -> list[Recorded]:
         assert rec.outcome is not None
+        owner, lease_until, deliver = lease
         jobs = c.execute(
-            "SELECT id, kind, token, metadata, polls_base FROM jobs"
-            " WHERE watch_id = ? AND state = 'tracking' AND created_at <= ?",
+            "SELECT id, tenant, kind, token, callback_url, metadata, polls_base, attempts"
+            " FROM jobs WHERE watch_id = ? AND state = 'tracking' AND created_at <= ?"
+            " ORDER BY seq",
             (w["id"], rec.started_at),
         ).fetchall()
         updates = []
-        for j in jobs:
+        recorded = []
+        for n, j in enumerate(jobs):
             body = callback_body(
                 job_id=j["id"],
                 kind=j["kind"],
@@ -660,6 +675,7 @@ class SQLiteStore:
                 metadata_json=j["metadata"],
                 seen_at=rec.polled_at,
             )
+            leased = n < deliver
             updates.append(
                 (
                     rec.outcome,
@@ -672,16 +688,36 @@ class SQLiteStore:
                     body,
                     rec.polled_at,
                     rec.polled_at,
+                    owner if leased else None,
+                    lease_until if leased else None,
                     j["id"],
                 )
             )
+            work = (
+                DeliveryWork(
+                    j["id"],
+                    j["tenant"],
+                    j["kind"],
+                    j["token"],
+                    j["callback_url"],
+                    body,
+                    j["attempts"],
+                    0,
+                    rec.polled_at,
+                    rec.polled_at,
+                )
+                if leased
+                else None
+            )
+            recorded.append(Recorded(j["id"], j["kind"], j["token"], rec.outcome, work))
         c.executemany(
             "UPDATE jobs SET state = 'delivering', outcome = ?, up_status = ?, up_error = ?,"
             " up_result = ?, polls = ?, last_polled_at = ?, outcome_at = ?, body = ?,"
-            " next_attempt_at = ?, round_attempts = 0, updated_at = ? WHERE id = ?",
+            " next_attempt_at = ?, round_attempts = 0, updated_at = ?,"
+            " lease_owner = ?, lease_until = ? WHERE id = ?",
             updates,
         )
-        return [Recorded(j["id"], j["kind"], j["token"], rec.outcome) for j in jobs]
+        return recorded
 
     async def expire_due(self, *, now: float) -> list[Recorded]:
         def expire_sync() -> list[Recorded]:
