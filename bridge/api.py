@@ -291,7 +291,7 @@ async def register(request: web.Request) -> web.Response:
         raise Problem(409, str(exc)) from None
     if created:
         if (scheduler := request.app.get(keys.SCHEDULER)) is not None:
-            scheduler.wake()  # its first poll may be due sooner than the loop would look
+            scheduler.wake(due=now + settings.poll_initial_delay)  # it may be due sooner
         request.app[keys.METRICS].jobs_registered.labels(job.kind).inc()
         log.info(
             "job_registered",

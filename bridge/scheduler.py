@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import socket
@@ -42,6 +43,10 @@ log = structlog.get_logger("bridge.scheduler")
 # The longest the loop sleeps without looking at the store: bounds how late work found
 # by other means (another replica, a clock jump) can start.
 MAX_IDLE = 0.5
+# The shortest the idle loop sleeps: work falling due within it is claimed together, in one
+# transaction, instead of one claim per poll (at a few hundred polls a second, the claims
+# were as costly as the polls). Bounds the scheduler lag it adds.
+BATCH_WINDOW = 0.01
 # How often tracking jobs are checked against their deadline.
 EXPIRY_EVERY = 1.0
 # The most callbacks of one outcome a poll starts itself (most watches have one job).
@@ -81,6 +86,8 @@ class Scheduler:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, bool] = {}  # job id -> canceled while in flight
         self._wake = asyncio.Event()
+        self._sleeping_until = 0.0  # when the idle loop will look again by itself
+        self._short_of_slots = False  # the last look left due work for lack of free slots
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._next_expiry = 0.0
@@ -103,8 +110,14 @@ class Scheduler:
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
 
-    def wake(self) -> None:
-        self._wake.set()
+    def wake(self, due: float | None = None) -> None:
+        """Look at the store now; with ``due``, only if the loop would look later than that.
+
+        Registrations call this for every new job: at a thousand a second, waking for each
+        was a thousand needless claim transactions.
+        """
+        if due is None or due < self._sleeping_until:
+            self._wake.set()
 
     def note_canceled(self, job_id: str) -> None:
         """A job was canceled through the API: an attempt not yet sent must not start."""
@@ -163,14 +176,19 @@ class Scheduler:
             await self._idle()
 
     async def _idle(self) -> None:
+        # Until the sleep is known, any wake counts: a job committed after next_due looked
+        # must not wait out the whole sleep.
+        self._sleeping_until = math.inf
         timeout = MAX_IDLE
         with contextlib.suppress(StoreError):
             due = await self.store.next_due()
             if due is not None:
-                timeout = min(timeout, max(0.0, due - self.clock()))
+                timeout = min(timeout, max(BATCH_WINDOW, due - self.clock()))
         if timeout > 0:
+            self._sleeping_until = self.clock() + timeout
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+        self._sleeping_until = 0.0
         self._wake.clear()
 
     async def _tick(self) -> bool:
@@ -187,6 +205,7 @@ class Scheduler:
             await self._replan()
         free = self.settings.upstream_concurrency - len(self._polls)
         paused_all, paused_kinds = self.pauses.paused(now)
+        self._short_of_slots = free <= 0 or self._delivery_room() <= 0
         if free > 0 and not paused_all:
             limit = min(free, self._claim_window)
             watches = await self.store.claim_due_watches(
@@ -200,6 +219,7 @@ class Scheduler:
             for w in watches:
                 self._spawn(self._polls, self._poll(w, claimed))
             full = full or len(watches) == limit
+            self._short_of_slots |= len(watches) == free
         free = self._delivery_room()
         if free > 0:
             deliveries = await self.store.claim_due_deliveries(
@@ -208,6 +228,7 @@ class Scheduler:
             for d in deliveries:
                 self._start_delivery(d)
             full = full or len(deliveries) == free
+            self._short_of_slots |= len(deliveries) == free
         return full
 
     def _delivery_room(self) -> int:
@@ -242,8 +263,9 @@ class Scheduler:
 
         def finished(t: asyncio.Task[None]) -> None:
             group.discard(t)
-            # A freed slot may let the loop claim more.
-            self._wake.set()
+            if self._short_of_slots:
+                # Due work was left for want of a slot: this freed one may take it.
+                self._wake.set()
 
         task.add_done_callback(finished)
 
