@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import math
 import shutil
@@ -21,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from bench import compare, scale
+from bench import compare, frontier, scale
 from bench.children import BenchError, kill_leftovers
 from bench.machine import machine
 from bench.workload import parse_durations
@@ -29,7 +28,7 @@ from bridge.settings import parse_duration
 
 MODES: Final = ("compare", "scale", "frontier")
 # Per mode, what --jobs means when not given.
-DEFAULT_JOBS: Final = {"compare": 2000, "scale": 100_000}
+DEFAULT_JOBS: Final = {"compare": 20_000, "scale": 100_000}
 INTERRUPTED: Final = 130
 
 
@@ -78,16 +77,6 @@ def _source_tree(text: str) -> Path:
     return path
 
 
-def _frontier_module() -> Any:
-    """``bench.frontier`` when it is there (another module of this package), else None."""
-    try:
-        return importlib.import_module("bench.frontier")
-    except ModuleNotFoundError as exc:
-        if exc.name != "bench.frontier":
-            raise  # it is there, and broken: say so rather than hide the mode
-        return None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -97,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=MODES, default="compare", help="(default: compare)")
     work = parser.add_argument_group("workload")
     work.add_argument(
-        "--jobs", type=_typed(_positive_int), help="jobs to run (compare: 2000, scale: 100000)"
+        "--jobs", type=_typed(_positive_int), help="jobs to run (compare: 20000, scale: 100000)"
     )
     work.add_argument(
         "--durations",
@@ -137,9 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest poll interval (60s)",
     )
     _add_run_options(parser)
-    frontier = _frontier_module()
-    if frontier is not None and hasattr(frontier, "add_arguments"):
-        frontier.add_arguments(parser)
+    frontier.add_arguments(parser)
     return parser
 
 
@@ -194,11 +181,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any],
 
 
 def _frontier(args: argparse.Namespace) -> dict[str, Any]:
-    module = _frontier_module()
-    if module is None:
-        raise BenchError("--mode frontier needs bench/frontier.py, which is not there")
-    result: dict[str, Any] = module.run(args)
-    return result
+    return frontier.run(args)
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -17,6 +17,8 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _SENSITIVE_KEYS = frozenset({"authorization", "password", "secret", "api_key", "dsn"})
 REDACTED = "***"
+# Values that hold no nested keys; strings are redacted on the rendered line.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 class Redactor:
@@ -65,6 +67,8 @@ class Redactor:
     def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
         """Before rendering: sensitive keys. Strings are left to ``line``, after rendering."""
         for key, value in event.items():
+            if type(value) in _PLAIN and key not in _SENSITIVE_KEYS and key.islower():
+                continue  # the usual field: a lowercase name and a scalar
             if key.lower() in _SENSITIVE_KEYS:
                 event[key] = REDACTED
             elif isinstance(value, dict | list | tuple | BaseException):

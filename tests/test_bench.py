@@ -201,3 +201,25 @@ def test_request_windows() -> None:
     assert max_sliding([*times, 10.95]) == 11
     assert max_sliding([]) == 0
     assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+
+
+def test_frontier_mode_prints_every_policy_for_every_distribution() -> None:
+    code, result, err = run_bench(
+        "--mode", "frontier", "--frontier-jobs", "2000", "--frontier-warmup", "500"
+    )
+    assert code == 0, err
+    assert set(result["results"]) == {"lognormal", "uniform", "mix"}
+    for row in result["results"].values():
+        policies = {k for k in row if k.startswith(("fixed_", "bridge_")) and "_at_" not in k}
+        assert policies == {
+            "fixed_0.5s",
+            "fixed_1s",
+            "fixed_2s",
+            "fixed_5s",
+            "bridge_growth_rule",
+            "bridge_learned",
+        }
+        for name in policies:
+            assert row[name]["requests_per_job"] >= 1
+            assert 0 <= row[name]["p95_detection_s"] <= row[name]["max_detection_s"]
+        assert row["learned_savings_vs_fixed"] > 0
