@@ -204,3 +204,19 @@ def same_metadata(stored: str | None, new: str | None) -> bool:
     if stored is None or new is None:
         return stored is new
     return canonical_json(json.loads(stored)) == canonical_json(json.loads(new))
+
+
+def first_delivery(row: Any, body: bytes, at: float) -> DeliveryWork:
+    """A job's first callback attempt, handed to the poll that recorded its outcome at ``at``."""
+    return DeliveryWork(
+        row["id"],
+        row["tenant"],
+        row["kind"],
+        row["token"],
+        row["callback_url"],
+        body,
+        row["attempts"],
+        0,
+        at,
+        at,
+    )

@@ -46,7 +46,7 @@ from bridge.model import (
     callback_body,
     new_job_id,
 )
-from bridge.store.base import Conflict, StoreError, job_from_row, same_metadata
+from bridge.store.base import Conflict, StoreError, first_delivery, job_from_row, same_metadata
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -785,20 +785,7 @@ class PostgresStore:
                 j["kind"],
                 j["token"],
                 rec.outcome,
-                DeliveryWork(
-                    j["id"],
-                    j["tenant"],
-                    j["kind"],
-                    j["token"],
-                    j["callback_url"],
-                    body,
-                    j["attempts"],
-                    0,
-                    rec.polled_at,
-                    rec.polled_at,
-                )
-                if n < deliver
-                else None,
+                first_delivery(j, body, rec.polled_at) if n < deliver else None,
             )
             for n, (j, body) in enumerate(zip(jobs, bodies, strict=True))
         ]

@@ -37,7 +37,7 @@ from bridge.model import (
     callback_body,
     new_job_id,
 )
-from bridge.store.base import Conflict, StoreError, job_from_row, same_metadata
+from bridge.store.base import Conflict, StoreError, first_delivery, job_from_row, same_metadata
 
 T = TypeVar("T")
 
@@ -693,22 +693,7 @@ class SQLiteStore:
                     j["id"],
                 )
             )
-            work = (
-                DeliveryWork(
-                    j["id"],
-                    j["tenant"],
-                    j["kind"],
-                    j["token"],
-                    j["callback_url"],
-                    body,
-                    j["attempts"],
-                    0,
-                    rec.polled_at,
-                    rec.polled_at,
-                )
-                if leased
-                else None
-            )
+            work = first_delivery(j, body, rec.polled_at) if leased else None
             recorded.append(Recorded(j["id"], j["kind"], j["token"], rec.outcome, work))
         c.executemany(
             "UPDATE jobs SET state = 'delivering', outcome = ?, up_status = ?, up_error = ?,"
