@@ -29,15 +29,15 @@ MAX_TOKEN: Final = 2**53 - 1
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
+# Every pair of base32 digits, so a ULID takes 13 lookups of 10 bits instead of 26 of 5.
+_PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+
+
 def new_job_id(now: float | None = None) -> str:
     """``job_`` and a ULID: 48 bits of milliseconds then 80 random bits, Crockford base32."""
     ms = int((time.time() if now is None else now) * 1000)
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "job_" + "".join(reversed(chars))
+    return "job_" + "".join([_PAIRS[(value >> shift) & 1023] for shift in range(120, -1, -10)])
 
 
 def rfc3339(ts: float | None) -> str | None:

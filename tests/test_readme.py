@@ -183,7 +183,7 @@ async def test_the_local_run_works_as_written(tmp_path: Path) -> None:
             "echo\n"
             "for attempt in $(seq 1 120); do\n"
             f"  answer=$({later})\n"
-            '  case "$answer" in *\'"state": "delivered"\'*) break ;; esac\n'
+            '  case "$answer" in *\'"state":"delivered"\'*) break ;; esac\n'
             "  sleep 0.25\n"
             "done\n"
             'printf "%s\\n" "$answer"\n'
@@ -205,11 +205,11 @@ async def test_the_local_run_works_as_written(tmp_path: Path) -> None:
 
     fake_out, serve_out, receiver_out = outputs
     registered, _, final = answers.strip().partition("\n")
-    assert '"state": "tracking"' in registered, answers
-    token = re.search(r'"token": (\d+)', registered)
+    assert '"state":"tracking"' in registered, answers
+    token = re.search(r'"token":(\d+)', registered)
     assert token, registered
-    assert '"state": "delivered"' in final, answers
-    assert f'"token": {token[1]}' in final
+    assert '"state":"delivered"' in final, answers
+    assert f'"token":{token[1]}' in final
     # The receiver verified the callback and printed it: id, type, data.
     assert re.search(
         rf"^msg_\S+ video\.conversion\.(finished|failed|canceled) .*'token': {token[1]}",
