@@ -106,6 +106,13 @@ class Metrics:
             ["work"],
             registry=r,
         )
+        self.poll_plan_samples = Gauge(
+            "bridge_poll_plan_samples",
+            "Conversions of this kind the poll plan learned from (weighted; 0 while the "
+            "growth rule holds for want of history).",
+            ["kind"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -116,6 +123,8 @@ class Metrics:
                 self.outcomes.labels(kind, outcome)
         for state in STATES:
             self.jobs.labels(state).set(0)
+        for kind in KINDS:
+            self.poll_plan_samples.labels(kind).set(0)
         for result in CALLBACK_RESULTS:
             self.callback_attempts.labels(result)
         for outcome in ("delivered", "undeliverable"):

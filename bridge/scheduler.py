@@ -246,6 +246,7 @@ class Scheduler:
                 await self.store.scale_durations(kind, 0.5)
                 weights = [w * 0.5 for w in weights]
             plan = policy.make_plan(weights)
+            self.metrics.poll_plan_samples.labels(kind).set(plan.samples if plan else 0)
             if plan != self.plans.get(kind):
                 self.plans[kind] = plan
                 if plan is not None:

@@ -416,6 +416,10 @@ async def test_a_learned_plan_spaces_polls_and_every_end_teaches_it(tmp_path: Pa
         # that with its jitter it lands no later than a minimum interval past it.
         assert dense_from * 0.8 < gap <= dense_from + 0.05, gap
         await wait_state(client, quick["id"], ("delivered",))
+        samples = total(await metric_values(client), "bridge_poll_plan_samples", kind="video")
+        assert samples == 200.0
+        no_plan = total(await metric_values(client), "bridge_poll_plan_samples", kind="document")
+        assert no_plan == 0.0
     # The document's end was learned, in the same commit as the poll that saw it.
     store = await SQLiteStore.open(str(tmp_path / "bridge.db"))
     try:
