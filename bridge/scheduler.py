@@ -298,7 +298,8 @@ class Scheduler:
             self._started.discard(asyncio.current_task())
         self._outcomes(recorded)
         for r in recorded:
-            if r.delivery is not None:
+            # Once a stop began, nothing new starts: the lease goes back with the others.
+            if r.delivery is not None and not self._stopping:
                 self._start_delivery(r.delivery)
         if any(r.delivery is None for r in recorded):
             self._wake.set()
