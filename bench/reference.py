@@ -31,6 +31,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from bench import serving
+from bridge import model, policy
 from bridge.upstream import ACCEPT, SIGNED_CONTENT_TYPE, sign
 
 # Uploadcare's spellings of an ended conversion, and the outcome each means.
@@ -40,10 +41,9 @@ TERMINAL: Final = {
     "canceled": "canceled",
     "cancelled": "canceled",
 }
-GROWTH: Final = 1.5
+# The interval rule, its jitter, the 404 limit and the callback's id are the bridge's own
+# pure functions (bridge.model, bridge.policy): the same decisions, without the machinery.
 JITTER: Final = 0.1
-NOT_FOUND_LIMIT: Final = 3
-NOT_FOUND_ERROR: Final = "Uploadcare does not know this token (404 three times in a row)"
 # Callback retries: quick at first, then every half minute, for as long as it takes.
 RETRY_FIRST: Final = 0.5
 RETRY_LONGEST: Final = 30.0
@@ -82,11 +82,7 @@ class Watch:
 
 
 def _jittered(value: float, rng: random.Random) -> float:
-    return value * (1 + JITTER * (2 * rng.random() - 1))
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return model.jittered(value, JITTER, rng.random())
 
 
 def _parse(body: Any, job_id: str) -> Watch | None:
@@ -161,25 +157,23 @@ class Poller:
         elif isinstance(status, str):
             changed = status != job.status
             job.status, job.not_found, job.failures = status, 0, 0
-            job.interval = self._next_interval(job.interval, changed)
+            job.interval = policy.growth_interval(
+                job.interval, changed, self.config.min_interval, self.config.max_interval
+            )
             self._after(_jittered(job.interval, self._rng), job)
         elif code == 404:
             job.not_found += 1
-            if job.not_found >= NOT_FOUND_LIMIT:
-                await self._deliver(job, "not_found", NOT_FOUND_ERROR, None)
+            if job.not_found >= model.NOT_FOUND_LIMIT:
+                await self._deliver(job, "not_found", model.NOT_FOUND_ERROR, None)
             else:
                 self._after(_jittered(self.config.min_interval, self._rng), job)
         else:
             # 5xx, 429, a connection error, a malformed answer: back off and try again.
             job.failures += 1
-            backoff = self.config.min_interval * 2.0 ** min(job.failures, 30)
-            self._after(_jittered(min(backoff, self.config.max_interval), self._rng), job)
-
-    def _next_interval(self, previous: float | None, changed: bool) -> float:
-        low, high = self.config.min_interval, self.config.max_interval
-        if previous is None or changed:
-            return low
-        return min(high, max(low, previous * GROWTH))
+            backoff = model.failure_backoff(
+                job.failures, self.config.min_interval, self.config.max_interval
+            )
+            self._after(_jittered(backoff, self._rng), job)
 
     async def _ask(self, job: Watch) -> tuple[int, dict[str, Any]]:
         """The HTTP status of one status request and its JSON object (0 and {}: no answer)."""
@@ -214,7 +208,7 @@ class Poller:
         body = json.dumps(
             {
                 "type": f"{job.kind}.conversion.{outcome}",
-                "timestamp": _rfc3339(time.time()),
+                "timestamp": model.rfc3339(time.time()),
                 "data": {
                     "job_id": job.id,
                     "kind": job.kind,
@@ -227,7 +221,7 @@ class Poller:
             },
             separators=(",", ":"),
         )
-        msg_id = "msg_" + job.id.removeprefix("job_")
+        msg_id = model.webhook_id(job.id)
         wait = RETRY_FIRST
         while not await self._attempt(job.callback_url, msg_id, body):
             await asyncio.sleep(_jittered(wait, self._rng))
