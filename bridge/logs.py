@@ -10,9 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from bridge.model import fast_json
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _SENSITIVE_KEYS = frozenset({"authorization", "password", "secret", "api_key", "dsn"})
@@ -87,13 +88,9 @@ class Redactor:
 redactor = Redactor()
 
 
-def _orjson_text(event: Any, **_: Any) -> str:
-    # orjson renders a line in a third of the json module's time; what it cannot render
-    # (an integer past 64 bits) falls back to the json module rather than losing the line.
-    try:
-        return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:
-        return json.dumps(event, default=repr)
+def _render_json(event: Any, **_: Any) -> str:
+    # orjson renders a line in a third of the json module's time (bridge.model.fast_json).
+    return fast_json(event, default=repr).decode()
 
 
 def _drop_color_message(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
@@ -112,7 +109,7 @@ def configure(fmt: str = "json", level: str = "info", secrets: Iterable[str] = (
         _drop_color_message,
     ]
     renderer: Processor = (
-        structlog.processors.JSONRenderer(serializer=_orjson_text)
+        structlog.processors.JSONRenderer(serializer=_render_json)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
+
+import orjson
 
 Kind = Literal["video", "document"]
 KINDS: Final = ("video", "document")
@@ -52,6 +55,19 @@ def rfc3339(ts: float | None) -> str | None:
 
 def compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def fast_json(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Compact UTF-8 JSON, rendered by orjson (a job in a sixth of the json module's time).
+
+    What orjson refuses, integers past 64 bits in a caller's metadata among them, goes to
+    the json module, in the same compact form, rather than failing the answer or the line.
+    """
+    try:
+        return orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        text = json.dumps(value, default=default, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()
 
 
 def canonical_json(value: Any) -> str:

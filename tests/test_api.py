@@ -118,6 +118,17 @@ async def test_kind_defaults_to_video_and_metadata_to_null(client: Client) -> No
     assert job["metadata"] is None
 
 
+async def test_metadata_past_64_bit_integers_comes_back_exactly(client: Client) -> None:
+    """Answers are rendered by orjson, which refuses such integers: the fallback keeps them."""
+    big = 2**70 + 1
+    body = '{"token": 8, "callback_url": "' + URL + '", "metadata": {"n": ' + str(big) + "}}"
+    resp = await register(client, body)
+    assert resp.status == 201, await resp.text()
+    text = await resp.text()
+    assert f'"metadata":{{"n":{big}}}' in text
+    assert json.loads(text)["metadata"] == {"n": big}
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

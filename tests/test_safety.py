@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import itertools
 import json
+import logging
 import os
 import re
 import secrets
@@ -27,10 +28,12 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohappyeyeballs
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import logs
 from bridge import settings as settings_mod
 from bridge.app import create_app
 from bridge.fake_upstream import FakeConfig, running
@@ -701,3 +704,22 @@ async def test_startup_errors_name_no_secret(tmp_path: Path) -> None:
         assert code != 0, extra
         for value in (marker, quote(marker, safe=""), whsec, whsec.removeprefix("whsec_")):
             assert value not in out + err, (extra, out, err)
+
+
+def test_a_log_line_orjson_cannot_render_is_still_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Lines are rendered by orjson, which refuses integers past 64 bits: the fallback
+    renders them, and the line is still redacted."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.configure("json", "info", ["line-secret-value"])
+        structlog.get_logger("test").info("big", n=2**70, note="has line-secret-value inside")
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+    finally:
+        structlog.reset_defaults()
+        root.handlers, root.level = handlers, level
+    event = json.loads(line)
+    assert event["n"] == 2**70 and event["event"] == "big"
+    assert "line-secret-value" not in line and event["note"] == "has *** inside"
