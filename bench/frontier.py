@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.stats import quantile
 from bridge import model, policy
 from bridge.settings import parse_duration
 
@@ -83,11 +84,6 @@ class Tally:
             "p95_detection_s": round(quantile(lat, 0.95), 3),
             "max_detection_s": round(lat[-1], 3),
         }
-
-
-def quantile(ordered: list[float], q: float) -> float:
-    """The q-quantile of sorted values (nearest rank)."""
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def fixed_interval(durations: list[float], interval: float) -> Tally:
