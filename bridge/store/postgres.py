@@ -653,7 +653,7 @@ class PostgresStore:
         self, watch_id: int, owner: str, record: PollRecord, *, lease: float = 0, deliver: int = 0
     ) -> list[Recorded]:
         return await self._run(
-            lambda c: self._record_poll_tx(c, watch_id, owner, record, (owner, lease, deliver))
+            lambda c: self._record_poll_tx(c, watch_id, owner, record, lease, deliver)
         )
 
     async def _record_poll_tx(
@@ -662,7 +662,8 @@ class PostgresStore:
         watch_id: int,
         owner: str,
         rec: PollRecord,
-        lease: tuple[str, float, int],
+        lease: float,
+        deliver: int,
     ) -> list[Recorded]:
         # Applied whoever records (SQLite's semantics): a late record from a replica whose
         # lease ran out still carries a real observation, and an outcome must not be lost.
@@ -692,7 +693,7 @@ class PostgresStore:
                 error=error,
                 result=result,
                 polls=polls,
-                lease=lease,
+                lease=(owner, lease, deliver),
             )
         tracking = await c.fetchval(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE watch_id = $1 AND state = 'tracking')",
