@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from bridge.netpolicy import IPNetwork, parse_networks
 
 SECRET_VARS = (
     "BRIDGE_API_KEYS",
@@ -148,18 +147,6 @@ def parse_api_keys(text: str) -> tuple[tuple[str, str], ...]:
         seen[secret] = name
         pairs.append((name, secret))
     return tuple(pairs)
-
-
-def _parse_networks(text: str) -> tuple[IPNetwork, ...]:
-    nets: list[IPNetwork] = []
-    for raw in text.split(","):
-        entry = raw.strip()
-        if entry:
-            try:
-                nets.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                raise ValueError(f"{entry!r} is not a CIDR network such as 10.20.0.0/16") from None
-    return tuple(nets)
 
 
 def _parse_schedule(text: str) -> tuple[float, ...]:
@@ -301,7 +288,7 @@ _VARS: tuple[_Var, ...] = (
         "BRIDGE_CALLBACK_ALLOW_NETWORKS",
         "callback_allow_networks",
         "",
-        _parse_networks,
+        parse_networks,  # strict: host bits set is a mistake to name, not a range to widen
         help="CIDRs exempt from the callback network policy",
     ),
     _Var("BRIDGE_RETENTION", "retention", "720h", parse_duration),

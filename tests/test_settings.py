@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,8 @@ def test_defaults_match_the_spec() -> None:
         ({"BRIDGE_DATABASE_URL": "sqlite:///"}, "BRIDGE_DATABASE_URL"),
         ({"BRIDGE_CALLBACK_RETRY_SCHEDULE": "5s,,x"}, "BRIDGE_CALLBACK_RETRY_SCHEDULE"),
         ({"BRIDGE_CALLBACK_ALLOW_NETWORKS": "10.0.0.0/33"}, "BRIDGE_CALLBACK_ALLOW_NETWORKS"),
+        ({"BRIDGE_CALLBACK_ALLOW_NETWORKS": "10.20.30.40/1"}, "BRIDGE_CALLBACK_ALLOW_NETWORKS"),
+        ({"BRIDGE_CALLBACK_ALLOW_NETWORKS": "fe80::%eth0/64"}, "BRIDGE_CALLBACK_ALLOW_NETWORKS"),
         ({"BRIDGE_API_KEYS": "nocolon"}, "BRIDGE_API_KEYS"),
         ({"BRIDGE_API_KEYS": "a:same,b:same"}, "BRIDGE_API_KEYS"),
         ({"BRIDGE_WEBHOOK_SECRETS": "notwhsec"}, "BRIDGE_WEBHOOK_SECRETS"),
@@ -144,3 +147,38 @@ def test_serve_requirements() -> None:
         load(env).check_serve()
     load(env, {"insecure_no_auth": True}).check_serve()
     assert load(env, {"insecure_no_auth": True}).tenants == ("default",)
+
+
+def test_allow_networks() -> None:
+    nets = load({"BRIDGE_CALLBACK_ALLOW_NETWORKS": "127.0.0.0/8"}).callback_allow_networks
+    assert nets == (ipaddress.IPv4Network("127.0.0.0/8"),)
+    assert load({}).callback_allow_networks == ()
+    assert load(
+        {"BRIDGE_CALLBACK_ALLOW_NETWORKS": "10.20.0.0/16, fd00::/8,::1"}
+    ).callback_allow_networks == (
+        ipaddress.IPv4Network("10.20.0.0/16"),
+        ipaddress.IPv6Network("fd00::/8"),
+        ipaddress.IPv6Network("::1/128"),
+    )
+    with pytest.raises(SettingsError, match=r"^BRIDGE_CALLBACK_ALLOW_NETWORKS: .*'banana'"):
+        load({"BRIDGE_CALLBACK_ALLOW_NETWORKS": "banana"})
+
+
+@pytest.mark.parametrize(
+    ("text", "meant"),
+    [
+        ("10.20.30.40/1", "0.0.0.0/1"),
+        ("10.20.30.40/16", "10.20.0.0/16"),
+        ("127.0.0.0/8, 10.0.0.1/8", "10.0.0.0/8"),
+        ("fd00::1/8", "fd00::/8"),
+    ],
+)
+def test_allow_network_with_host_bits_is_a_bad_value(text: str, meant: str) -> None:
+    """Host bits set would silently widen the exemption: refused, naming the network meant."""
+    with pytest.raises(SettingsError) as info:
+        load({"BRIDGE_CALLBACK_ALLOW_NETWORKS": text})
+    message = str(info.value)
+    assert message.startswith("BRIDGE_CALLBACK_ALLOW_NETWORKS: ")
+    assert "host bits set" in message
+    assert f"did you mean {meant}?" in message
+    assert "\n" not in message

@@ -102,6 +102,19 @@ async def test_bad_database_url_shows_the_accepted_forms(tmp_path: Path, url: st
     assert url not in line.removeprefix("bridge: BRIDGE_DATABASE_URL: ") or url == "sqlite:///"
 
 
+@pytest.mark.parametrize(
+    ("networks", "meant"), [("10.20.30.40/1", "0.0.0.0/1"), ("10.20.30.40/16", "10.20.0.0/16")]
+)
+async def test_allow_network_with_host_bits_suggests_the_network_meant(
+    tmp_path: Path, networks: str, meant: str
+) -> None:
+    code, out, err = await serve(base_env(tmp_path, BRIDGE_CALLBACK_ALLOW_NETWORKS=networks))
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("bridge: BRIDGE_CALLBACK_ALLOW_NETWORKS: ")
+    assert networks in line and line.endswith(f"(did you mean {meant}?)")
+
+
 async def test_database_in_a_folder_that_does_not_exist(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "folder"
     code, out, err = await serve(
