@@ -13,8 +13,9 @@ product spec (deliberately *not* :attr:`ipaddress.IPv4Address.is_global`, whose 
   name that later resolves inside the network (DNS rebinding) gets a failed attempt,
   never a request.  Failures raised there are recognised by :func:`is_policy_block`.
 
-Addresses inside the operator's allow list (``BRIDGE_CALLBACK_ALLOW_NETWORKS``) are
-exempt, e.g. ``127.0.0.0/8`` so that tests can reach loopback receivers.
+Addresses inside the operator's allow list (``BRIDGE_CALLBACK_ALLOW_NETWORKS``, read by
+``bridge.settings`` with :func:`parse_networks`) are exempt, e.g. ``127.0.0.0/8`` so
+that tests can reach loopback receivers.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-import os
 import re
 import socket
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -38,7 +38,6 @@ from aiohttp.tracing import Trace
 from yarl import URL
 
 __all__ = [
-    "ALLOW_NETWORKS_ENV",
     "BLOCKED_MESSAGE",
     "POLICY_MESSAGE",
     "REFUSED_IPV4_NETWORKS",
@@ -61,7 +60,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 POLICY_MESSAGE: Final = "callback_url is not allowed by the network policy"
 BLOCKED_MESSAGE: Final = "blocked by network policy"
-ALLOW_NETWORKS_ENV: Final = "BRIDGE_CALLBACK_ALLOW_NETWORKS"
 
 _V4 = ipaddress.IPv4Network
 _V6 = ipaddress.IPv6Network
@@ -314,16 +312,6 @@ class NetworkPolicy:
         self._allow: tuple[IPNetwork, ...] = tuple(allow)
         self._resolver = resolver
         self._resolve_timeout = resolve_timeout
-
-    @classmethod
-    def from_env(
-        cls,
-        environ: Mapping[str, str] | None = None,
-        resolver: AbstractResolver | None = None,
-    ) -> NetworkPolicy:
-        """Build the policy from ``BRIDGE_CALLBACK_ALLOW_NETWORKS`` (ValueError if bad)."""
-        env = os.environ if environ is None else environ
-        return cls(parse_networks(env.get(ALLOW_NETWORKS_ENV, "")), resolver)
 
     @property
     def allow(self) -> tuple[IPNetwork, ...]:

@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.netpolicy import (
-    ALLOW_NETWORKS_ENV,
     BLOCKED_MESSAGE,
     POLICY_MESSAGE,
     REFUSED_IPV4_NETWORKS,
@@ -442,14 +441,6 @@ def test_allows_unit() -> None:
     assert policy.allows(ip("8.8.8.8"))
     assert policy.allows(ip("fd00::1%eth0"))
     assert NetworkPolicy().allow == ()
-
-
-def test_from_env() -> None:
-    policy = NetworkPolicy.from_env({ALLOW_NETWORKS_ENV: "127.0.0.0/8"})
-    assert policy.allow == LOOPBACK
-    assert NetworkPolicy.from_env({}).allow == ()
-    with pytest.raises(ValueError, match="banana"):
-        NetworkPolicy.from_env({ALLOW_NETWORKS_ENV: "banana"})
 
 
 # ---------------------------------------------------------------------------
