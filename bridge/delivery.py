@@ -41,9 +41,16 @@ class AttemptResult:
 
 
 def callback_session(policy: NetworkPolicy, concurrency: int) -> aiohttp.ClientSession:
-    """The session callbacks go out on: vetted connections only, and no environment proxies."""
+    """The session callbacks go out on: every request and connection vetted by ``policy``.
+
+    The policy's middleware judges IP-literal hosts (and refuses proxies) before a request
+    is made, its connector resolves and vets every name at every attempt and vets each
+    socket address at connect. ``trust_env=False``: proxies from the environment are
+    ignored, and no request passes ``proxy=``.
+    """
     return aiohttp.ClientSession(
         connector=policy.connector(limit=concurrency),
+        middlewares=(policy.middleware,),
         trust_env=False,
         auto_decompress=False,
     )

@@ -3,19 +3,36 @@
 The bridge POSTs webhooks to URLs chosen by its callers, so it must never connect to
 internal addresses.  This module holds the authoritative refused-address list from the
 product spec (deliberately *not* :attr:`ipaddress.IPv4Address.is_global`, whose notion of
-"global" changes between Python releases), plus two enforcement points:
+"global" changes between Python releases) and the places that enforce it.  Each uses a
+public aiohttp extension point, never a private method:
 
 * :meth:`NetworkPolicy.check_url` -- the registration check.  It judges IP literals in
   every spelling ``inet_aton`` accepts and resolves host names, refusing the URL if any
   address is refused or the name does not resolve.
-* :meth:`NetworkPolicy.connector` -- an :class:`aiohttp.TCPConnector` that resolves the
-  host again at every connection and vets every address before a socket is opened, so a
-  name that later resolves inside the network (DNS rebinding) gets a failed attempt,
-  never a request.  Failures raised there are recognised by :func:`is_policy_block`.
+* At delivery, the session from :meth:`NetworkPolicy.connector` and
+  :meth:`NetworkPolicy.middleware` (see ``bridge.delivery.callback_session``):
 
-Addresses inside the operator's allow list (``BRIDGE_CALLBACK_ALLOW_NETWORKS``, read by
-``bridge.settings`` with :func:`parse_networks`) are exempt, e.g. ``127.0.0.0/8`` so
-that tests can reach loopback receivers.
+  - :class:`PolicyResolver`, the connector's ``resolver`` (an
+    :class:`aiohttp.abc.AbstractResolver`): resolves the host again at every connection
+    (the DNS cache is off), refuses the attempt if the name resolves to nothing or to ANY
+    refused address, and hands aiohttp only vetted addresses to connect to, so a name
+    that later resolves inside the network (DNS rebinding) gets a failed attempt, never
+    a request.
+  - :meth:`NetworkPolicy.middleware`, a client middleware: aiohttp does not call the
+    resolver for an IP-literal host, so the URL's host is judged here, in every
+    spelling, before the request is made (every hop, should a redirect ever be
+    followed).  Proxied requests are refused too: the proxy would resolve and connect
+    on its own, out of reach of the policy.
+  - :meth:`NetworkPolicy.socket_factory`, the connector's ``socket_factory`` (aiohttp
+    3.12+): the backstop.  It vets the exact socket address about to be connected, and
+    fails closed, so a path that bypasses the two above still cannot reach a refused
+    address.
+
+  Failures raised there are recognised by :func:`is_policy_block`.
+
+Addresses inside the operator's allow list (``BRIDGE_CALLBACK_ALLOW_NETWORKS``, parsed by
+:func:`parse_networks` in ``bridge.settings``) are exempt, e.g. ``127.0.0.0/8`` so that
+tests can reach loopback receivers.
 """
 
 from __future__ import annotations
@@ -32,9 +49,6 @@ from urllib.parse import unquote
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.client_reqrep import ClientRequest
-from aiohttp.tracing import Trace
 from yarl import URL
 
 __all__ = [
@@ -47,6 +61,7 @@ __all__ = [
     "NetworkPolicy",
     "PolicyBlockedError",
     "PolicyConnector",
+    "PolicyResolver",
     "PolicyViolation",
     "embedded_ipv4",
     "is_policy_block",
@@ -118,7 +133,7 @@ class PolicyViolation(Exception):
 
 
 class PolicyBlockedError(OSError):
-    """A delivery connection refused by :class:`PolicyConnector`.
+    """A delivery connection refused by the policy (resolver, middleware or socket factory).
 
     An :class:`OSError` on purpose: aiohttp wraps OSErrors raised while connecting into
     its ``ClientError`` hierarchy (``ClientConnectorDNSError`` / ``ClientOSError``), so
@@ -295,11 +310,12 @@ def is_refused(addr: IPAddress) -> bool:
 
 
 class NetworkPolicy:
-    """Decides which addresses the bridge may connect to.
+    """Decides which addresses the bridge may connect to, and enforces it for aiohttp.
 
     ``allow`` exempts addresses inside those networks; an IPv4 network also exempts the
-    IPv4-mapped/embedded IPv6 forms of its addresses.  ``resolver`` defaults to aiohttp's
-    :class:`~aiohttp.ThreadedResolver` (``getaddrinfo``); aiodns is not used.
+    IPv4-mapped/embedded IPv6 forms of its addresses.  ``resolver`` is the resolver names
+    are looked up with; by default aiohttp's :class:`~aiohttp.ThreadedResolver`
+    (``getaddrinfo``), made afresh for each use because it binds the running loop.
     """
 
     def __init__(
@@ -334,10 +350,20 @@ class NetworkPolicy:
         addr = parse_ip_literal(host)
         return addr is not None and self.allows(addr)
 
+    def vet_hosts(self, hosts: Iterable[str]) -> None:
+        """Raise :class:`PolicyBlockedError` if any of ``hosts`` is not allowed."""
+        for host in hosts:
+            if not self._allows_host(host):
+                raise PolicyBlockedError(f"refused address {host!r}")
+
     def _resolver_for_use(self) -> AbstractResolver:
-        # ThreadedResolver binds the running loop at construction, so a default one is
-        # made per use rather than in __init__ (which may run outside any loop).
         return self._resolver if self._resolver is not None else aiohttp.ThreadedResolver()
+
+    def resolver(self) -> PolicyResolver:
+        """A :class:`PolicyResolver` over this policy's resolver (call it inside a loop)."""
+        return PolicyResolver(self, self._resolver_for_use())
+
+    # -- registration ---------------------------------------------------------------
 
     async def check_url(self, url: str) -> None:
         """Registration check; raises :class:`PolicyViolation` if ``url`` may not be used.
@@ -365,103 +391,163 @@ class NetworkPolicy:
         if host.endswith(".."):  # aiohttp collapses repeated trailing dots the same way
             host = host.rstrip(".") + "."
         try:
-            results = await asyncio.wait_for(
-                self._resolver_for_use().resolve(host, port, family=socket.AF_UNSPEC),
+            await asyncio.wait_for(
+                self.resolver().resolve(host, port, family=socket.AF_UNSPEC),
                 self._resolve_timeout,
             )
+        except PolicyBlockedError as exc:
+            raise PolicyViolation(f"{host!r}: {exc.detail}") from None
         except Exception as exc:  # any failure to resolve refuses: fail closed
             raise PolicyViolation(f"{host!r} did not resolve: {exc!r}") from None
-        if not results:
-            raise PolicyViolation(f"{host!r} resolved to no addresses")
-        for result in results:
-            if not self._allows_host(result["host"]):
-                raise PolicyViolation(f"{host!r} resolved to refused {result['host']!r}")
+
+    # -- delivery ---------------------------------------------------------------------
+
+    def check_target(self, url: URL) -> None:
+        """Refuse (:class:`PolicyBlockedError`) a request to a refused IP-literal host.
+
+        aiohttp connects to a literal host without asking the resolver, so this is where
+        a literal is judged, in every spelling (``0x7f.1``, ``2130706433``,
+        ``[::ffff:127.0.0.1]``).  Host names are left to :class:`PolicyResolver`.
+        """
+        host = url.raw_host
+        if not host:
+            raise PolicyBlockedError("no host to judge")
+        literal = parse_ip_literal(host)
+        if literal is not None and not self.allows(literal):
+            raise PolicyBlockedError(f"refused literal address {literal}")
+
+    async def middleware(
+        self, req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        """aiohttp client middleware: :meth:`check_target`, and no proxies, before sending.
+
+        aiohttp runs it for every request the session sends, before a connection is
+        taken.  The :class:`PolicyBlockedError` it raises reaches the caller as an
+        :class:`aiohttp.ClientOSError` caused by it (see :func:`is_policy_block`).
+        """
+        if req.proxy is not None:
+            raise PolicyBlockedError("proxied requests cannot be vetted")
+        self.check_target(req.url)
+        return await handler(req)
+
+    def socket_factory(self, addr_info: aiohttp.AddrInfoType) -> socket.socket:
+        """The connector's ``socket_factory``: the connect-time backstop.
+
+        aiohttp calls it with each ``addr_info`` just before it connects to that address;
+        the socket is only made if the exact address is allowed.  Anything unreadable is
+        refused (fail closed).  Addresses are judged in every spelling ``inet_aton``
+        accepts, because that is how the socket layer would read them.
+        """
+        try:
+            family, type_, proto, _canonname, sockaddr = addr_info
+            host = sockaddr[0]
+        except (TypeError, ValueError, IndexError):
+            raise PolicyBlockedError("cannot read the address about to be connected") from None
+        if not isinstance(host, str) or not self._allows_host(host):
+            raise PolicyBlockedError(f"refused address {host!r} at connect")
+        return socket.socket(family=family, type=type_, proto=proto)
 
     def connector(self, **kwargs: Any) -> PolicyConnector:
         """A connector for delivery sessions that vets every address at every connection.
 
-        Use it as ``aiohttp.ClientSession(connector=policy.connector(), trust_env=False)``:
-        ``trust_env=False`` stops the session from picking up ``HTTP(S)_PROXY`` from the
-        environment (the connector refuses proxied requests anyway, because a proxy does
-        its own DNS, which cannot be vetted).  The DNS cache is off so each attempt
-        resolves again; ``kwargs`` go to :class:`aiohttp.TCPConnector`.
+        Use it with :meth:`middleware` and ``trust_env=False`` (which stops the session
+        from picking up ``HTTP(S)_PROXY`` from the environment), as
+        ``bridge.delivery.callback_session`` does.  ``kwargs`` go to
+        :class:`aiohttp.TCPConnector`; the resolver, the socket factory and the DNS
+        cache (off, so each attempt resolves again) are the policy's.
         """
         if kwargs.get("use_dns_cache", False):
             raise ValueError("use_dns_cache=True is not allowed: every attempt must resolve")
-        if "resolver" in kwargs:
-            raise TypeError("pass the resolver to NetworkPolicy, not to connector()")
-        kwargs["use_dns_cache"] = False
-        return PolicyConnector(self, resolver=self._resolver_for_use(), **kwargs)
-
-    def vet_hosts(self, hosts: Iterable[str]) -> None:
-        """Raise :class:`PolicyBlockedError` if any of ``hosts`` is not allowed."""
-        for host in hosts:
-            if not self._allows_host(host):
-                raise PolicyBlockedError(f"refused address {host!r}")
+        for name in ("resolver", "socket_factory"):
+            if name in kwargs:
+                raise TypeError(f"pass no {name} to connector(): the policy provides it")
+        kwargs.pop("use_dns_cache", None)
+        return PolicyConnector(self, **kwargs)
 
 
 # ---------------------------------------------------------------------------
-# Connector
+# Resolver and connector
 
-# PolicyConnector hooks these private TCPConnector methods.  If aiohttp renames them the
-# overrides would silently never run, so refuse to import rather than deliver unvetted.
-_TCP_CONNECTOR_HOOKS: Final = ("_resolve_host", "_wrap_create_connection", "_create_connection")
-_missing_hooks = [name for name in _TCP_CONNECTOR_HOOKS if not hasattr(aiohttp.TCPConnector, name)]
-if _missing_hooks:  # pragma: no cover - only on an incompatible aiohttp
-    raise ImportError(
-        f"bridge.netpolicy needs aiohttp.TCPConnector.{', '.join(_missing_hooks)}; "
-        f"aiohttp {aiohttp.__version__} does not have them"
+
+class PolicyResolver(AbstractResolver):
+    """Resolves with another resolver and lets through only answers the policy allows.
+
+    A name that resolves to nothing, or to ANY refused or unreadable address, is refused
+    with :class:`PolicyBlockedError` (an :class:`OSError`, which aiohttp reports as a
+    ``ClientConnectorDNSError``).  The answers returned are the vetted ones, spelled as
+    plain addresses, so aiohttp connects to exactly what was judged.  A host that is an
+    IP literal aiohttp did not recognise as one (``0x7f.1``) is judged as the address it
+    means and never sent to DNS.
+    """
+
+    def __init__(self, policy: NetworkPolicy, resolver: AbstractResolver) -> None:
+        self._policy = policy
+        self._inner = resolver
+
+    @property
+    def inner(self) -> AbstractResolver:
+        return self._inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        literal = parse_ip_literal(host)
+        if literal is not None:
+            if not self._policy.allows(literal):
+                raise PolicyBlockedError(f"refused literal address {literal}")
+            own = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+            if family not in (socket.AF_UNSPEC, own):
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return [_result(host, str(literal), port, own)]
+        answers = await self._inner.resolve(host, port, family)
+        if not answers:
+            raise PolicyBlockedError(f"{host!r} resolved to no addresses")
+        self._policy.vet_hosts(answer["host"] for answer in answers)
+        return [_plain(answer) for answer in answers]
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _result(hostname: str, host: str, port: int, family: int) -> ResolveResult:
+    return ResolveResult(
+        hostname=hostname,
+        host=host,
+        port=port,
+        family=family,
+        proto=0,
+        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
     )
 
 
+def _plain(answer: ResolveResult) -> ResolveResult:
+    """``answer`` with its (already vetted) address spelled as ``ipaddress`` spells it."""
+    try:
+        ipaddress.ip_address(answer["host"])  # a plain address (an IPv6 zone kept)
+    except ValueError:
+        addr = parse_ip_literal(answer["host"])
+        assert addr is not None  # vetted: only readable addresses get here
+        plain = answer.copy()
+        plain["host"] = str(addr)
+        return plain
+    return answer
+
+
 class PolicyConnector(aiohttp.TCPConnector):
-    """A :class:`aiohttp.TCPConnector` that never connects to an address the policy refuses.
+    """An :class:`aiohttp.TCPConnector` set up by a :class:`NetworkPolicy`.
 
-    Enforcement lives in the connector so no request path can skip it:
-
-    * ``_resolve_host`` (every direct connection, including redirects) judges an
-      IP-literal host in any spelling before aiohttp sees it -- aiohttp does not call the
-      resolver for literals -- and then vets every address the resolution returned.
-      If ANY is refused, the attempt fails before a socket is opened.
-    * ``_wrap_create_connection`` re-checks the exact socket addresses handed to
-      happy-eyeballs, as a backstop should a future aiohttp reach it another way.
-    * ``_create_connection`` refuses proxied requests: the proxy would resolve and
-      connect to the target itself, out of reach of the policy.
+    Constructor arguments only, nothing overridden: ``resolver`` is a
+    :class:`PolicyResolver`, ``socket_factory`` is :meth:`NetworkPolicy.socket_factory`
+    and the DNS cache is off.
     """
 
     def __init__(self, policy: NetworkPolicy, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._policy = policy
-
-    @property
-    def policy(self) -> NetworkPolicy:
-        return self._policy
-
-    async def _create_connection(
-        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
-    ) -> ResponseHandler:
-        if req.proxy is not None:
-            raise PolicyBlockedError("proxied requests cannot be vetted")
-        return await super()._create_connection(req, traces, timeout)
-
-    async def _resolve_host(
-        self, host: str, port: int, traces: Sequence[Trace] | None = None
-    ) -> list[ResolveResult]:
-        literal = parse_ip_literal(host)
-        if literal is not None and not self._policy.allows(literal):
-            raise PolicyBlockedError(f"refused literal address {literal}")
-        hosts = await super()._resolve_host(host, port, traces=traces)
-        if not hosts:
-            raise PolicyBlockedError(f"{host!r} resolved to no addresses")
-        self._policy.vet_hosts(result["host"] for result in hosts)
-        return hosts
-
-    async def _wrap_create_connection(
-        self, *args: Any, **kwargs: Any
-    ) -> tuple[asyncio.Transport, ResponseHandler]:
-        addr_infos = kwargs.get("addr_infos")
-        if not isinstance(addr_infos, list) or not addr_infos:
-            # Unknown calling convention: fail closed rather than connect unvetted.
-            raise PolicyBlockedError("cannot see the addresses about to be connected")
-        self._policy.vet_hosts(str(info[4][0]) for info in addr_infos)
-        return await super()._wrap_create_connection(*args, **kwargs)
+        resolver = policy.resolver()
+        super().__init__(
+            resolver=resolver,
+            use_dns_cache=False,
+            socket_factory=policy.socket_factory,
+            **kwargs,
+        )
+        self.policy: Final = policy
+        self.resolver: Final = resolver

@@ -24,6 +24,7 @@ from aiohttp.client_reqrep import ConnectionKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.delivery import callback_session
 from bridge.netpolicy import (
     BLOCKED_MESSAGE,
     POLICY_MESSAGE,
@@ -31,6 +32,7 @@ from bridge.netpolicy import (
     REFUSED_IPV6_NETWORKS,
     NetworkPolicy,
     PolicyBlockedError,
+    PolicyResolver,
     PolicyViolation,
     embedded_ipv4,
     is_policy_block,
@@ -190,8 +192,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 async def post(policy: NetworkPolicy, url: str, **kwargs: Any) -> int:
+    # The delivery session: the policy's connector and middleware, no environment proxies.
     async with (
-        aiohttp.ClientSession(connector=policy.connector(), trust_env=False) as session,
+        callback_session(policy, concurrency=10) as session,
         session.post(url, json={"event": "test"}, **kwargs) as resp,
     ):
         return resp.status
@@ -399,7 +402,8 @@ async def test_default_resolver_is_threaded() -> None:
     assert isinstance(policy._resolver_for_use(), aiohttp.ThreadedResolver)
     connector = policy.connector()
     try:
-        assert isinstance(connector._resolver, aiohttp.ThreadedResolver)
+        assert isinstance(connector.resolver, PolicyResolver)
+        assert isinstance(connector.resolver.inner, aiohttp.ThreadedResolver)
         assert connector.use_dns_cache is False
     finally:
         await connector.close()
@@ -779,7 +783,9 @@ async def test_connector_refuses_environment_proxy_if_trust_env_forgotten(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("http_proxy", receiver.url("/"))
     policy = NetworkPolicy(allow=LOOPBACK, resolver=StaticResolver({}))
-    async with aiohttp.ClientSession(connector=policy.connector(), trust_env=True) as session:
+    async with aiohttp.ClientSession(
+        connector=policy.connector(), middlewares=(policy.middleware,), trust_env=True
+    ) as session:
         with pytest.raises(aiohttp.ClientError) as info:
             await session.post(receiver.url())
     assert is_policy_block(info.value)
@@ -787,15 +793,12 @@ async def test_connector_refuses_environment_proxy_if_trust_env_forgotten(
 
 
 async def test_connector_backstop_vets_socket_addresses(loopback_only: list[str]) -> None:
-    connector = NetworkPolicy(resolver=StaticResolver({})).connector()
-    try:
-        info = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", 9))
-        with pytest.raises(PolicyBlockedError):
-            await connector._wrap_create_connection(addr_infos=[info], req=None, timeout=None)
-        with pytest.raises(PolicyBlockedError):  # unknown calling convention fails closed
-            await connector._wrap_create_connection()
-    finally:
-        await connector.close()
+    policy = NetworkPolicy(resolver=StaticResolver({}))
+    info = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", 9))
+    with pytest.raises(PolicyBlockedError):
+        policy.socket_factory(info)
+    with pytest.raises(PolicyBlockedError):  # an address it cannot read fails closed
+        policy.socket_factory(())  # type: ignore[arg-type]
     assert loopback_only == []
 
 
