@@ -822,7 +822,10 @@ async def test_connector_settings() -> None:
 
 
 def _key() -> ConnectionKey:
-    return ConnectionKey("x.test", 80, False, True, None, None, None, None)
+    # By name: its fields differ between aiohttp releases (server_hostname came in 3.14.x).
+    fields: dict[str, Any] = dict.fromkeys(ConnectionKey._fields)
+    fields.update(host="x.test", port=80, is_ssl=False, ssl=True)
+    return ConnectionKey(**fields)
 
 
 def _chain() -> Iterator[BaseException]:
