@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,36 @@ ALPHA = "alpha-secret-0123456789"
 BETA = "beta-secret-9876543210"
 UC_PUBLIC = "demopublickey"
 UC_SECRET = "demosecretkey"
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 FIXTURES = Path(__file__).parent / "fixtures"
+UPLOADCARE_FIXTURES = FIXTURES / "uploadcare"
+
+
+# The tiers that `make test-fast` runs: no subprocess there (and no wall-clock waiting).
+FAST_TIERS = ("unit", "contract", "service")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # CI must exercise PostgreSQL: refuse to run there without it rather than skip quietly.
     if os.environ.get("CI") == "true" and not os.environ.get("BRIDGE_TEST_POSTGRES_URL"):
         raise pytest.UsageError("CI=true but BRIDGE_TEST_POSTGRES_URL is not set")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tiers_start_no_process(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hold the fast tiers to their promise: a test there that starts a process fails."""
+    parts = Path(request.node.path).resolve().relative_to(ROOT / "tests").parts
+    if len(parts) < 2 or parts[0] not in FAST_TIERS:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"tests/{parts[0]} starts no process: this test belongs in tests/e2e")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", refuse)
+    monkeypatch.setattr(asyncio, "create_subprocess_shell", refuse)
 
 
 class FakeClock:

@@ -22,7 +22,7 @@ import pytest
 from bridge.delivery import Deliverer, callback_session
 from bridge.netpolicy import BLOCKED_MESSAGE, NetworkPolicy, is_policy_block
 from tests.harness import receiver
-from tests.test_netpolicy import StaticResolver
+from tests.resolvers import StaticResolver
 
 LOOPBACK = (ipaddress.IPv4Network("127.0.0.0/8"),)
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+
 README = ROOT / "README.md"
 QUICK_START = "## Quick start"
 LOCAL_RUN = "### Run it locally against the fake upstream"

@@ -33,7 +33,7 @@ from bridge.model import compact_json
 from bridge.netpolicy import NetworkPolicy
 from bridge.openapi import document as openapi_document
 from tests.conftest import ALPHA, base_env
-from tests.test_netpolicy import StaticResolver
+from tests.resolvers import StaticResolver
 
 # Bounded so the whole file runs in seconds; raise it locally for a deeper search.
 MAX_EXAMPLES = int(os.environ.get("BRIDGE_SCHEMATHESIS_EXAMPLES", "30"))

@@ -12,14 +12,14 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import aiohappyeyeballs
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import ResolveResult
 from aiohttp.client_reqrep import ConnectionKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,6 +40,7 @@ from bridge.netpolicy import (
     parse_ip_literal,
     parse_networks,
 )
+from tests.resolvers import StaticResolver
 
 # The spec's list, spelled independently of the module so the tests act as an oracle.
 SPEC_REFUSED_V4 = [
@@ -87,42 +88,6 @@ def spec_refused_v4(number: int) -> bool:
 
 # ---------------------------------------------------------------------------
 # Fakes and fixtures
-
-
-class StaticResolver(AbstractResolver):
-    """name -> addresses; a list of lists is answered in turn (the last one repeats)."""
-
-    def __init__(self, table: Mapping[str, Sequence[str] | Sequence[Sequence[str]]]) -> None:
-        self._table = {name: list(answers) for name, answers in table.items()}
-        self.calls: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        name = host.rstrip(".").lower()
-        self.calls.append(name)
-        answers = self._table.get(name)
-        if not answers:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        if isinstance(answers[0], str):
-            addrs = [str(a) for a in answers]
-        else:
-            turn = sum(1 for call in self.calls if call == name) - 1
-            addrs = list(answers[min(turn, len(answers) - 1)])
-        return [
-            ResolveResult(
-                hostname=host,
-                host=addr,
-                port=port,
-                family=socket.AF_INET6 if ":" in addr else socket.AF_INET,
-                proto=socket.IPPROTO_TCP,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for addr in addrs
-        ]
-
-    async def close(self) -> None:
-        pass
 
 
 NAMES: dict[str, list[str]] = {

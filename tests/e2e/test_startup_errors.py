@@ -1,6 +1,6 @@
 """The start-up mistakes a newcomer makes: one clear line saying what to do, a non-zero exit.
 
-``tests/test_cli.py`` covers a bad setting, a port in use and a second process on one
+``tests/e2e/test_cli.py`` covers a bad setting, a port in use and a second process on one
 SQLite file; these are the rest, each asserting the message and the exit status.
 """
 

@@ -26,8 +26,8 @@ from bench.stats import (
     quantile,
 )
 from bench.workload import never_ending, parse_durations, plan
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 FAST_PACING = ["--initial-delay", "0.1s", "--min-interval", "0.2s", "--max-interval", "1s"]
 SPREADS = ("end_to_end_latency_s", "detection_latency_s", "delivery_overhead_s")
 SYSTEM_KEYS = {

@@ -41,7 +41,7 @@ from bridge.netpolicy import BLOCKED_MESSAGE, POLICY_MESSAGE, NetworkPolicy
 from tests.conftest import ALPHA, UC_PUBLIC, base_env
 from tests.harness import FAST, Receiver, fake_upstream, receiver, register, wait_state
 from tests.proc import BridgeProcess, run_bridge
-from tests.test_netpolicy import StaticResolver
+from tests.resolvers import StaticResolver
 
 Client = TestClient[Any, Any]
 H = {"Authorization": f"Bearer {ALPHA}"}

@@ -8,7 +8,6 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,8 +36,8 @@ from bridge.upstream import (
     UpstreamClient,
     sign,
 )
+from tests.conftest import UPLOADCARE_FIXTURES as FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures" / "uploadcare"
 RECORDED = {
     r["name"]: r for r in json.loads((FIXTURES / "status_responses.json").read_text())["responses"]
 }

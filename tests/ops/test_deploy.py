@@ -30,9 +30,8 @@ from kubernetes_validate.utils import ValidationError, all_versions
 
 from bridge import settings as settings_mod
 from bridge.settings import SettingsError
-from tests.conftest import base_env
+from tests.conftest import ROOT, base_env
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"

@@ -10,11 +10,11 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+
 SOURCE = ROOT / "bridge"
 DOC = ROOT / "docs" / "logging.md"
 # log.exception is an error with the traceback in `exception`.

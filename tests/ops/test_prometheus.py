@@ -31,11 +31,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import __version__
-from tests.conftest import ALPHA, base_env
+from tests.conftest import ALPHA, ROOT, base_env
 from tests.harness import FAST, fake_upstream, receiver
 from tests.proc import BridgeProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 ALERTS = DEPLOY / "alerts.yml"
 ALERT_TESTS = DEPLOY / "alerts.test.yml"
