@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from bridge import model, policy
+from bridge import model, pollplan
 from bridge.delivery import AttemptResult, Deliverer
 from bridge.metrics import Metrics
 from bridge.model import Attempt, DeliveryWork, PollRecord, Recorded, WatchWork
@@ -92,7 +92,7 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._next_expiry = 0.0
         self._next_plan = 0.0
-        self.plans: dict[str, policy.Plan | None] = {}
+        self.plans: dict[str, pollplan.Plan | None] = {}
         self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
         self._pause_changes: set[str] = set()  # pause keys to write to the store
         self._notices: set[asyncio.Task[None]] = set()
@@ -241,11 +241,11 @@ class Scheduler:
     async def _replan(self) -> None:
         """Rebuild each kind's poll plan from the durations the store holds (any replica's)."""
         for kind, pairs in (await self.store.durations()).items():
-            weights = policy.add([], pairs)
-            if policy.needs_decay(weights):
+            weights = pollplan.add([], pairs)
+            if pollplan.needs_decay(weights):
                 await self.store.scale_durations(kind, 0.5)
                 weights = [w * 0.5 for w in weights]
-            plan = policy.make_plan(weights)
+            plan = pollplan.make_plan(weights)
             self.metrics.poll_plan_samples.labels(kind).set(plan.samples if plan else 0)
             if plan != self.plans.get(kind):
                 self.plans[kind] = plan
@@ -365,7 +365,7 @@ class Scheduler:
         if isinstance(obs, Status):
             self._clear_rejections(w.kind)
             changed = obs.status != w.status
-            interval = policy.next_interval(
+            interval = pollplan.next_interval(
                 self.plans.get(w.kind),
                 elapsed=now - w.armed_at,
                 previous=w.interval,
@@ -378,13 +378,13 @@ class Scheduler:
             if obs.is_terminal and w.status not in model.TERMINAL_STATUSES:
                 # Ended since the last poll (or since arming): between the two, it finished.
                 ran = (w.last_polled_at or w.armed_at) - w.armed_at
-                learned = tuple(policy.spread(ran, started - w.armed_at))
+                learned = tuple(pollplan.spread(ran, started - w.armed_at))
             if changed:
                 log.debug("upstream_status_changed", status=obs.status, previous=w.status, **log_kw)
             return PollRecord(
                 started_at=started,
                 polled_at=now,
-                next_poll_at=now + model.jittered(interval, 0.1, self.rand()),
+                next_poll_at=now + pollplan.jittered(interval, 0.1, self.rand()),
                 not_found=0,
                 failures=0,
                 interval=interval,
@@ -403,7 +403,7 @@ class Scheduler:
             gone = misses >= model.NOT_FOUND_LIMIT
             return PollRecord(
                 **{**base, "not_found": misses, "failures": 0},
-                next_poll_at=now + model.jittered(s.poll_min_interval, 0.1, self.rand()),
+                next_poll_at=now + pollplan.jittered(s.poll_min_interval, 0.1, self.rand()),
                 outcome="not_found" if gone else None,
                 outcome_error=model.NOT_FOUND_ERROR if gone else None,
             )
@@ -416,7 +416,7 @@ class Scheduler:
             log.warning("upstream_throttled", retry_after_s=obs.retry_after, **log_kw)
             return PollRecord(
                 **base,
-                next_poll_at=until + model.jittered(0.5, 1.0, self.rand()),
+                next_poll_at=until + pollplan.jittered(0.5, 1.0, self.rand()),
             )
         if isinstance(obs, Rejected):
             until = self._pause_for_rejection(obs, now)
@@ -426,11 +426,11 @@ class Scheduler:
             )
         assert isinstance(obs, Transient | Garbage)
         failures = w.failures + 1
-        delay = model.failure_backoff(failures, s.poll_min_interval, s.poll_max_interval)
+        delay = pollplan.failure_backoff(failures, s.poll_min_interval, s.poll_max_interval)
         log.warning("upstream_poll_failed", reason=obs.reason, failures=failures, **log_kw)
         return PollRecord(
             **{**base, "failures": failures},
-            next_poll_at=now + model.jittered(delay, 0.1, self.rand()),
+            next_poll_at=now + pollplan.jittered(delay, 0.1, self.rand()),
         )
 
     def _pause_for_rejection(self, obs: Rejected, now: float) -> float:
@@ -446,7 +446,7 @@ class Scheduler:
             # reason to pause longer.
             return current.until
         self._rejections[key] = self._rejections.get(key, 0) + 1
-        pause = model.pause_backoff(self._rejections[key])
+        pause = pollplan.pause_backoff(self._rejections[key])
         until = now + pause
         self.pauses.set(key, Pause(reason, until, obs.kind))
         self._pause_changes.add(key)

@@ -14,23 +14,6 @@ from bridge.pacing import Pause, PauseBoard, RateLimiter
 SCHEDULE = (5.0, 300.0, 1800.0)
 
 
-@pytest.mark.parametrize(("rand", "expected"), [(0.0, 9.0), (0.5, 10.0), (0.999999, 11.0)])
-def test_jitter_bounds(rand: float, expected: float) -> None:
-    assert model.jittered(10.0, 0.1, rand) == pytest.approx(expected, abs=1e-4)
-
-
-@pytest.mark.parametrize(
-    ("failures", "expected"), [(1, 4.0), (2, 8.0), (3, 16.0), (5, 60.0), (100, 60.0)]
-)
-def test_failure_backoff(failures: int, expected: float) -> None:
-    assert model.failure_backoff(failures, 2.0, 60.0) == expected
-
-
-@pytest.mark.parametrize(("pauses", "expected"), [(1, 5.0), (2, 10.0), (3, 20.0), (20, 600.0)])
-def test_pause_backoff(pauses: int, expected: float) -> None:
-    assert model.pause_backoff(pauses) == expected
-
-
 @pytest.mark.parametrize(
     ("attempts", "retry_after", "rand", "expected"),
     [
