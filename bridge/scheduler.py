@@ -23,7 +23,7 @@ from bridge import model, pollplan
 from bridge.delivery import AttemptResult, Deliverer
 from bridge.metrics import Metrics
 from bridge.model import Attempt, DeliveryWork, PollRecord, Recorded, WatchWork
-from bridge.pacing import Pause, PauseBoard, RateLimiter
+from bridge.pacing import PauseBoard, RateLimiter, TakePause
 from bridge.settings import Settings
 from bridge.store.base import Store, StoreError
 from bridge.upstream import (
@@ -93,10 +93,7 @@ class Scheduler:
         self._next_expiry = 0.0
         self._next_plan = 0.0
         self.plans: dict[str, pollplan.Plan | None] = {}
-        self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
-        self._pause_changes: set[str] = set()  # pause keys to write to the store
         self._notices: set[asyncio.Task[None]] = set()
-        self._adopted: set[str] = set()  # pause keys taken from the store, not seen here
         self._started: set[asyncio.Task[None] | None] = set()  # polls whose request went out
         # Delivery slots promised to polls recording an outcome right now (see _poll).
         self._reserved = 0
@@ -150,7 +147,7 @@ class Scheduler:
             await self.store.release(self.owner)
 
     def _pause_notice(self) -> None:
-        task = asyncio.create_task(self._adopt_pauses(self.clock()))
+        task = asyncio.create_task(self.pauses.adopt(self.store, self.clock()))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
@@ -197,7 +194,7 @@ class Scheduler:
         full = False
         if now >= self._next_expiry:
             self._next_expiry = now + EXPIRY_EVERY
-            await self._adopt_pauses(now)
+            await self.pauses.adopt(self.store, now)
             expired = await self.store.expire_due(now=now)
             self._outcomes(expired)
         if now >= self._next_plan:
@@ -275,7 +272,7 @@ class Scheduler:
     async def _poll(self, w: WatchWork, claimed: float) -> None:
         try:
             async with self._upstream_slots:
-                await self.limiter.acquire(lambda: self._pause_left(w.kind))
+                await self.limiter.acquire(lambda: self.pauses.left(w.kind))
                 if self._stopping:
                     return  # not started: given back with the leases when the stop ends
                 self._started.add(asyncio.current_task())
@@ -289,7 +286,7 @@ class Scheduler:
                 observation = await self.upstream.status(w.kind, w.token)  # type: ignore[arg-type]
             now = self.clock()
             record = self._decide(w, observation, started, now)
-            await self._share_pauses()
+            await self.pauses.share(self.store)
             recorded = await self._record(w, record)
         except Exception:
             log.exception("poll_failed", kind=w.kind, token=w.token)
@@ -320,34 +317,6 @@ class Scheduler:
             )
         finally:
             self._reserved -= room
-
-    async def _share_pauses(self) -> None:
-        """Write pauses set or lifted here, so every process on the database honours them."""
-        while self._pause_changes:
-            key = self._pause_changes.pop()
-            pause = self.pauses.get(key)
-            if pause is None:
-                await self.store.set_pause(key, "", 0, None)
-            else:
-                await self.store.set_pause(key, pause.reason, pause.until, pause.kind)
-
-    async def _adopt_pauses(self, now: float) -> None:
-        """Take up pauses other processes stored (a 429 seen by any replica stops them all)."""
-        stored = await self.store.pauses()
-        for key, reason, until, kind in stored:
-            mine = self.pauses.get(key)
-            if until > now and (mine is None or mine.until < until):
-                self.pauses.set(key, Pause(reason, until, kind))
-                self._adopted.add(key)
-        # A pause taken from the store and since lifted there (a good answer elsewhere)
-        # is lifted here too.
-        for key in self._adopted - {row[0] for row in stored}:
-            self._adopted.discard(key)
-            self.pauses.clear(key)
-
-    def _pause_left(self, kind: str) -> float:
-        now = self.clock()
-        return self.pauses.until(kind, now) - now
 
     def _decide(self, w: WatchWork, obs: Observation, started: float, now: float) -> PollRecord:
         s = self.settings
@@ -410,9 +379,7 @@ class Scheduler:
         if isinstance(obs, Throttled):
             until = now + obs.retry_after
             self.metrics.upstream_throttled.inc()
-            self.pauses.set("throttled", Pause("throttled (429)", until))
-            self._pause_changes.add("throttled")
-            self._adopted.discard("throttled")
+            self.pauses.take(TakePause("throttled", "throttled (429)", until))
             log.warning("upstream_throttled", retry_after_s=obs.retry_after, **log_kw)
             return PollRecord(
                 **base,
@@ -445,12 +412,10 @@ class Scheduler:
             # Requests that were in flight when the pause began: the same episode, not a
             # reason to pause longer.
             return current.until
-        self._rejections[key] = self._rejections.get(key, 0) + 1
-        pause = pollplan.pause_backoff(self._rejections[key])
+        rejections = self.pauses.rejections(key) + 1
+        pause = pollplan.pause_backoff(rejections)
         until = now + pause
-        self.pauses.set(key, Pause(reason, until, obs.kind))
-        self._pause_changes.add(key)
-        self._adopted.discard(key)
+        self.pauses.take(TakePause(key, reason, until, obs.kind, rejections))
         log.error(
             "upstream_paused",
             reason=reason,
@@ -465,9 +430,8 @@ class Scheduler:
     def _clear_rejections(self, kind: str) -> None:
         """A status answer for ``kind`` shows requests for it are accepted again."""
         for key in ("rejected", f"rejected:{kind}"):
-            if self._rejections.pop(key, None) is not None:
-                self.pauses.clear(key)
-                self._pause_changes.add(key)
+            if self.pauses.rejections(key):
+                self.pauses.lift(key)
                 log.info("upstream_resumed", pause=key)
 
     def _outcomes(self, recorded: list[Recorded]) -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bridge import model
-from bridge.pacing import Pause, PauseBoard, RateLimiter
+from bridge.pacing import PauseBoard, RateLimiter, TakePause
 
 SCHEDULE = (5.0, 300.0, 1800.0)
 
@@ -76,11 +76,11 @@ def test_pause_board() -> None:
     now = [100.0]
     board = PauseBoard(lambda: now[0])
     assert board.describe() == {"state": "ok"}
-    board.set("rejected:video", Pause("video conversion refused (400)", 110.0, "video"))
+    board.take(TakePause("rejected:video", "video conversion refused (400)", 110.0, "video"))
     assert board.paused(now[0]) == (False, ("video",))
     assert board.until("video", now[0]) == 110.0
     assert board.until("document", now[0]) == 100.0
-    board.set("throttled", Pause("throttled (429)", 105.0))
+    board.take(TakePause("throttled", "throttled (429)", 105.0))
     assert board.paused(now[0]) == (True, ("video",))
     assert board.until("document", now[0]) == 105.0
     now[0] = 111.0
