@@ -19,23 +19,25 @@ from typing import Any
 
 import structlog
 
-from bridge import model, pollplan
+from bridge import model
 from bridge.delivery import AttemptResult, Deliverer
 from bridge.metrics import Metrics
 from bridge.model import Attempt, DeliveryWork, PollRecord, Recorded, WatchWork
-from bridge.pacing import PauseBoard, RateLimiter, TakePause
+from bridge.pacing import PauseBoard, RateLimiter
+from bridge.polldecision import (
+    NotFoundSeen,
+    Paused,
+    PollBounds,
+    PollEvent,
+    Resumed,
+    StatusChanged,
+    ThrottledSeen,
+    decide_poll,
+)
+from bridge.pollplan import Plan, add, make_plan, needs_decay
 from bridge.settings import Settings
 from bridge.store.base import Store, StoreError
-from bridge.upstream import (
-    Garbage,
-    NotFound,
-    Observation,
-    Rejected,
-    Status,
-    Throttled,
-    Transient,
-    UpstreamClient,
-)
+from bridge.upstream import Observation, UpstreamClient
 from bridge.webhooks import SecretBook
 
 log = structlog.get_logger("bridge.scheduler")
@@ -53,6 +55,11 @@ EXPIRY_EVERY = 1.0
 HAND_OFF = 8
 # How often the poll plans are rebuilt from the durations the store has learned.
 PLAN_EVERY = 5.0
+PAUSED_MESSAGE = (
+    "Uploadcare refused the bridge's requests; check UPLOADCARE_PUBLIC_KEY, "
+    "UPLOADCARE_SECRET_KEY, BRIDGE_UPSTREAM_AUTH and the project's features. No job "
+    "fails because of this; polling resumes after the pause."
+)
 
 
 class Scheduler:
@@ -92,7 +99,8 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._next_expiry = 0.0
         self._next_plan = 0.0
-        self.plans: dict[str, pollplan.Plan | None] = {}
+        self.plans: dict[str, Plan | None] = {}
+        self.bounds = PollBounds(settings.poll_min_interval, settings.poll_max_interval)
         self._notices: set[asyncio.Task[None]] = set()
         self._started: set[asyncio.Task[None] | None] = set()  # polls whose request went out
         # Delivery slots promised to polls recording an outcome right now (see _poll).
@@ -238,11 +246,11 @@ class Scheduler:
     async def _replan(self) -> None:
         """Rebuild each kind's poll plan from the durations the store holds (any replica's)."""
         for kind, pairs in (await self.store.durations()).items():
-            weights = pollplan.add([], pairs)
-            if pollplan.needs_decay(weights):
+            weights = add([], pairs)
+            if needs_decay(weights):
                 await self.store.scale_durations(kind, 0.5)
                 weights = [w * 0.5 for w in weights]
-            plan = pollplan.make_plan(weights)
+            plan = make_plan(weights)
             self.metrics.poll_plan_samples.labels(kind).set(plan.samples if plan else 0)
             if plan != self.plans.get(kind):
                 self.plans[kind] = plan
@@ -319,120 +327,50 @@ class Scheduler:
             self._reserved -= room
 
     def _decide(self, w: WatchWork, obs: Observation, started: float, now: float) -> PollRecord:
-        s = self.settings
-        # What a poll without a status answer keeps: the interval, and the counters the
-        # branch below does not reset.
-        base: dict[str, Any] = {
-            "started_at": started,
-            "polled_at": now,
-            "not_found": w.not_found,
-            "failures": w.failures,
-            "interval": w.interval,
-            "answered": False,
-        }
+        """Apply the pure decision: its pause change to the board, its events to the log."""
+        decision = decide_poll(
+            w,
+            obs,
+            plan=self.plans.get(w.kind),
+            bounds=self.bounds,
+            started=started,
+            now=now,
+            rand=self.rand(),
+            pauses=self.pauses,
+        )
+        for key in decision.lift:
+            self.pauses.lift(key)
+        if decision.take is not None:
+            self.pauses.take(decision.take)
+        for event in decision.events:
+            self._report(w, event)
+        return decision.record
+
+    def _report(self, w: WatchWork, event: PollEvent) -> None:
         log_kw = {"kind": w.kind, "token": w.token}
-        if isinstance(obs, Status):
-            self._clear_rejections(w.kind)
-            changed = obs.status != w.status
-            interval = pollplan.next_interval(
-                self.plans.get(w.kind),
-                elapsed=now - w.armed_at,
-                previous=w.interval,
-                changed=changed,
-                min_interval=s.poll_min_interval,
-                max_interval=s.poll_max_interval,
+        if isinstance(event, StatusChanged):
+            log.debug(
+                "upstream_status_changed", status=event.status, previous=event.previous, **log_kw
             )
-            outcome = obs.status if obs.is_terminal else None
-            learned: tuple[tuple[int, float], ...] = ()
-            if obs.is_terminal and w.status not in model.TERMINAL_STATUSES:
-                # Ended since the last poll (or since arming): between the two, it finished.
-                ran = (w.last_polled_at or w.armed_at) - w.armed_at
-                learned = tuple(pollplan.spread(ran, started - w.armed_at))
-            if changed:
-                log.debug("upstream_status_changed", status=obs.status, previous=w.status, **log_kw)
-            return PollRecord(
-                started_at=started,
-                polled_at=now,
-                next_poll_at=now + pollplan.jittered(interval, 0.1, self.rand()),
-                not_found=0,
-                failures=0,
-                interval=interval,
-                answered=True,
-                status=obs.status,
-                error=obs.error,
-                result_json=model.compact_json(obs.result) if obs.result is not None else None,
-                changed=changed,
-                outcome=outcome,
-                outcome_error=obs.error,
-                learned=learned,
-            )
-        if isinstance(obs, NotFound):
-            misses = w.not_found + 1
-            log.info("upstream_not_found", misses=misses, **log_kw)
-            gone = misses >= model.NOT_FOUND_LIMIT
-            return PollRecord(
-                **{**base, "not_found": misses, "failures": 0},
-                next_poll_at=now + pollplan.jittered(s.poll_min_interval, 0.1, self.rand()),
-                outcome="not_found" if gone else None,
-                outcome_error=model.NOT_FOUND_ERROR if gone else None,
-            )
-        if isinstance(obs, Throttled):
-            until = now + obs.retry_after
+        elif isinstance(event, Resumed):
+            log.info("upstream_resumed", pause=event.key)
+        elif isinstance(event, NotFoundSeen):
+            log.info("upstream_not_found", misses=event.misses, **log_kw)
+        elif isinstance(event, ThrottledSeen):
             self.metrics.upstream_throttled.inc()
-            self.pauses.take(TakePause("throttled", "throttled (429)", until))
-            log.warning("upstream_throttled", retry_after_s=obs.retry_after, **log_kw)
-            return PollRecord(
-                **base,
-                next_poll_at=until + pollplan.jittered(0.5, 1.0, self.rand()),
+            log.warning("upstream_throttled", retry_after_s=event.retry_after, **log_kw)
+        elif isinstance(event, Paused):
+            log.error(
+                "upstream_paused",
+                reason=event.reason,
+                detail=event.detail,
+                pause_s=event.pause_s,
+                message=PAUSED_MESSAGE,
             )
-        if isinstance(obs, Rejected):
-            until = self._pause_for_rejection(obs, now)
-            return PollRecord(
-                **base,
-                next_poll_at=until,
-            )
-        assert isinstance(obs, Transient | Garbage)
-        failures = w.failures + 1
-        delay = pollplan.failure_backoff(failures, s.poll_min_interval, s.poll_max_interval)
-        log.warning("upstream_poll_failed", reason=obs.reason, failures=failures, **log_kw)
-        return PollRecord(
-            **{**base, "failures": failures},
-            next_poll_at=now + pollplan.jittered(delay, 0.1, self.rand()),
-        )
-
-    def _pause_for_rejection(self, obs: Rejected, now: float) -> float:
-        if obs.kind is not None:
-            key, reason = f"rejected:{obs.kind}", f"{obs.kind} conversion refused ({obs.code})"
-        elif obs.code in (401, 403):
-            key, reason = "rejected", f"credentials rejected ({obs.code})"
         else:
-            key, reason = "rejected", f"request rejected ({obs.code})"
-        current = self.pauses.get(key)
-        if current is not None and current.until > now:
-            # Requests that were in flight when the pause began: the same episode, not a
-            # reason to pause longer.
-            return current.until
-        rejections = self.pauses.rejections(key) + 1
-        pause = pollplan.pause_backoff(rejections)
-        until = now + pause
-        self.pauses.take(TakePause(key, reason, until, obs.kind, rejections))
-        log.error(
-            "upstream_paused",
-            reason=reason,
-            detail=obs.detail,
-            pause_s=pause,
-            message="Uploadcare refused the bridge's requests; check UPLOADCARE_PUBLIC_KEY, "
-            "UPLOADCARE_SECRET_KEY, BRIDGE_UPSTREAM_AUTH and the project's features. No job "
-            "fails because of this; polling resumes after the pause.",
-        )
-        return until
-
-    def _clear_rejections(self, kind: str) -> None:
-        """A status answer for ``kind`` shows requests for it are accepted again."""
-        for key in ("rejected", f"rejected:{kind}"):
-            if self.pauses.rejections(key):
-                self.pauses.lift(key)
-                log.info("upstream_resumed", pause=key)
+            log.warning(
+                "upstream_poll_failed", reason=event.reason, failures=event.failures, **log_kw
+            )
 
     def _outcomes(self, recorded: list[Recorded]) -> None:
         for r in recorded:
