@@ -1,8 +1,11 @@
 """The loop: claim due work, run it under the limits, record what happened.
 
-Thin glue around the pure decisions in ``model``: a poll's observation becomes a
-``PollRecord``, an attempt's result becomes the job's next state, and the store commits
-each before anything depends on it.
+Thin glue around the pure decisions: a poll's observation becomes a ``PollRecord`` and a
+pause change (``polldecision.decide_poll``), an attempt's result becomes the job's next
+state (``model.retry_delay``), and the store commits each before anything depends on it.
+
+``start()`` runs the loop; ``run_once()`` instead takes one step and runs what it claimed
+to the end, for tests and tools that drive the scheduler on a clock of their own.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
 from bridge import model
 from bridge.delivery import AttemptResult, Deliverer
 from bridge.metrics import Metrics
-from bridge.model import Attempt, DeliveryWork, PollRecord, Recorded, WatchWork
+from bridge.model import Attempt, DeliveryWork, Kind, PollRecord, Recorded, WatchWork
 from bridge.pacing import PauseBoard, RateLimiter
 from bridge.polldecision import (
     NotFoundSeen,
@@ -37,7 +41,7 @@ from bridge.polldecision import (
 from bridge.pollplan import Plan, add, make_plan, needs_decay
 from bridge.settings import Settings
 from bridge.store.base import Store, StoreError
-from bridge.upstream import Observation, UpstreamClient
+from bridge.upstream import Observation
 from bridge.webhooks import SecretBook
 
 log = structlog.get_logger("bridge.scheduler")
@@ -62,18 +66,65 @@ PAUSED_MESSAGE = (
 )
 
 
+class StatusSource(Protocol):
+    """Where polls ask (``bridge.upstream.UpstreamClient``)."""
+
+    async def status(self, kind: Kind, token: int) -> Observation: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """What one ``run_once`` did."""
+
+    expired: int = 0  # jobs that reached their deadline
+    polled: int = 0  # polls whose request went out
+    deferred: int = 0  # claimed polls given back: a pause or the rate limit held them
+    outcomes: int = 0  # jobs that polls gave an outcome
+    attempted: int = 0  # callback attempts made
+    delivered: int = 0  # ... of which the receiver took
+
+    @property
+    def idle(self) -> bool:
+        return self == StepReport()
+
+
+@dataclass(slots=True)
+class _Tally:
+    expired: int = 0
+    polled: int = 0
+    deferred: int = 0
+    outcomes: int = 0
+    attempted: int = 0
+    delivered: int = 0
+
+    def report(self) -> StepReport:
+        return StepReport(
+            self.expired,
+            self.polled,
+            self.deferred,
+            self.outcomes,
+            self.attempted,
+            self.delivered,
+        )
+
+
 class Scheduler:
+    """``clock`` is the wall clock every recorded time comes from; ``monotonic`` measures how
+    long claimed work waited (the rate limiter's clock too, unless a ``limiter`` is given).
+    A test that steps the scheduler passes one virtual clock as both."""
+
     def __init__(
         self,
         *,
         settings: Settings,
         store: Store,
-        upstream: UpstreamClient,
+        upstream: StatusSource,
         deliverer: Deliverer,
         secrets: SecretBook,
         metrics: Metrics,
         pauses: PauseBoard,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         limiter: RateLimiter | None = None,
     ) -> None:
@@ -85,9 +136,10 @@ class Scheduler:
         self.metrics = metrics
         self.pauses = pauses
         self.clock = clock
+        self.monotonic = monotonic
         self.rand = rand
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self.limiter = limiter or RateLimiter(settings.upstream_rps)
+        self.limiter = limiter or RateLimiter(settings.upstream_rps, clock=monotonic)
         self._upstream_slots = asyncio.Semaphore(settings.upstream_concurrency)
         self._polls: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -105,6 +157,7 @@ class Scheduler:
         self._started: set[asyncio.Task[None] | None] = set()  # polls whose request went out
         # Delivery slots promised to polls recording an outcome right now (see _poll).
         self._reserved = 0
+        self._tally = _Tally()  # what the current step did (the loop counts too, unread)
         # Claim no more polls than the rate limit lets start well within the lease: a poll
         # must start with at least BRIDGE_UPSTREAM_TIMEOUT of its lease left (see _poll).
         self._start_within = settings.lease - settings.upstream_timeout
@@ -114,6 +167,29 @@ class Scheduler:
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def run_once(self) -> StepReport:
+        """One look at the store, and everything it claimed run to the end.
+
+        Expires what reached its deadline, adopts pauses stored by other processes, rebuilds
+        the poll plans when due, claims due polls and due callbacks, then waits until every
+        poll is recorded and every callback attempt (those claimed, and the first ones the
+        polls' outcomes handed off) is made and recorded. It never waits on a clock: a
+        claimed poll that a pause or the rate limit holds back is given back to the store,
+        due as it was, and counted as deferred. After a stop began it does nothing. Not
+        for a scheduler that was ``start()``-ed.
+        """
+        if self._loop_task is not None:
+            raise RuntimeError("run_once() steps a scheduler whose loop is not running")
+        self._tally = tally = _Tally()
+        if self._stopping:
+            return tally.report()
+        await self._look(self.clock(), step=True)
+        while pending := {t for t in self._polls | self._deliveries if not t.done()}:
+            await asyncio.wait(pending)
+        if tally.deferred:
+            await self.store.release(self.owner)
+        return tally.report()
 
     def wake(self, due: float | None = None) -> None:
         """Look at the store now; with ``due``, only if the loop would look later than that.
@@ -167,7 +243,7 @@ class Scheduler:
             log.warning("pause_notices_unavailable", error=str(exc))
         while not self._stopping:
             try:
-                busy = await self._tick()
+                busy = await self._look(self.clock())
             except StoreError as exc:
                 log.error("store_unavailable", error=str(exc))
                 busy = False
@@ -196,14 +272,17 @@ class Scheduler:
         self._sleeping_until = 0.0
         self._wake.clear()
 
-    async def _tick(self) -> bool:
-        """One look at the store; True if it found a full batch (more may be due)."""
-        now = self.clock()
+    async def _look(self, now: float, *, step: bool = False) -> bool:
+        """One look at the store; True if it found a full batch (more may be due).
+
+        The loop expires jobs and adopts pauses once a second; a step does it every time.
+        """
         full = False
-        if now >= self._next_expiry:
+        if step or now >= self._next_expiry:
             self._next_expiry = now + EXPIRY_EVERY
             await self.pauses.adopt(self.store, now)
             expired = await self.store.expire_due(now=now)
+            self._tally.expired += len(expired)
             self._outcomes(expired)
         if now >= self._next_plan:
             self._next_plan = now + PLAN_EVERY
@@ -220,9 +299,9 @@ class Scheduler:
                 limit=limit,
                 skip_kinds=paused_kinds,
             )
-            claimed = time.monotonic()
+            claimed = self.monotonic()
             for w in watches:
-                self._spawn(self._polls, self._poll(w, claimed))
+                self._spawn(self._polls, self._poll(w, claimed, wait=not step))
             full = full or len(watches) == limit
             self._short_of_slots |= len(watches) == free
         free = self._delivery_room()
@@ -277,19 +356,28 @@ class Scheduler:
 
     # -- polling ---------------------------------------------------------------------------
 
-    async def _poll(self, w: WatchWork, claimed: float) -> None:
+    async def _poll(self, w: WatchWork, claimed: float, *, wait: bool = True) -> None:
+        """Wait for a rate slot and no pause, ask, decide, record, start the outcome's callbacks.
+
+        With ``wait`` False (a step) a poll that would have to wait is given back instead.
+        """
         try:
             async with self._upstream_slots:
-                await self.limiter.acquire(lambda: self.pauses.left(w.kind))
+                if wait:
+                    await self.limiter.acquire(lambda: self.pauses.left(w.kind))
+                elif not self.limiter.try_acquire(lambda: self.pauses.left(w.kind)):
+                    self._tally.deferred += 1
+                    return  # not started: run_once gives its lease back
                 if self._stopping:
                     return  # not started: given back with the leases when the stop ends
                 self._started.add(asyncio.current_task())
-                if time.monotonic() - claimed > self._start_within:
+                if self.monotonic() - claimed > self._start_within:
                     # Held back so long (a long pause) that the lease could lapse mid-request
                     # and another replica poll the same token: leave it to the next claim.
                     log.info("poll_lease_lapsed", kind=w.kind, token=w.token)
                     return
                 started = self.clock()
+                self._tally.polled += 1
                 self.metrics.scheduler_lag.observe(max(0.0, started - w.due_at))
                 observation = await self.upstream.status(w.kind, w.token)  # type: ignore[arg-type]
             now = self.clock()
@@ -301,6 +389,7 @@ class Scheduler:
             return
         finally:
             self._started.discard(asyncio.current_task())
+        self._tally.outcomes += len(recorded)
         self._outcomes(recorded)
         for r in recorded:
             # Once a stop began, nothing new starts: the lease goes back with the others.
@@ -397,6 +486,7 @@ class Scheduler:
         res = await self.deliverer.attempt(
             d.callback_url, d.body, model.webhook_id(d.job_id), secrets
         )
+        self._tally.attempted += 1
         self.metrics.callback_attempts.labels(res.result).inc()
         self.metrics.callback_duration.observe(res.duration)
         state, next_at = self._after_attempt(d, res)
@@ -414,6 +504,7 @@ class Scheduler:
             log.info("callback_attempt_after_cancel", n=attempt.n, result=res.result, **kw)
             return
         if state == model.DELIVERED:
+            self._tally.delivered += 1
             self.metrics.deliveries.labels("delivered").inc()
             finished = res.started_at + res.duration
             self.metrics.notification_latency.observe(max(0.0, finished - d.outcome_at))
