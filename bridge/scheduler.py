@@ -18,7 +18,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -88,8 +88,13 @@ class StepReport:
         return self == StepReport()
 
 
-@dataclass(slots=True)
-class _Tally:
+@dataclass(slots=True, eq=False)
+class _Step:
+    """One look at the store: the work it started (and the callbacks its polls handed off),
+    and counts of what came of it. The loop takes one per tick and reads none of it."""
+
+    stepping: bool = False  # run_once: never wait on a clock, give back what would
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # not yet done
     expired: int = 0
     polled: int = 0
     deferred: int = 0
@@ -157,7 +162,7 @@ class Scheduler:
         self._started: set[asyncio.Task[None] | None] = set()  # polls whose request went out
         # Delivery slots promised to polls recording an outcome right now (see _poll).
         self._reserved = 0
-        self._tally = _Tally()  # what the current step did (the loop counts too, unread)
+        self._give_back = False  # a step left claimed polls unstarted: release their leases
         # Claim no more polls than the rate limit lets start well within the lease: a poll
         # must start with at least BRIDGE_UPSTREAM_TIMEOUT of its lease left (see _poll).
         self._start_within = settings.lease - settings.upstream_timeout
@@ -176,20 +181,25 @@ class Scheduler:
         poll is recorded and every callback attempt (those claimed, and the first ones the
         polls' outcomes handed off) is made and recorded. It never waits on a clock: a
         claimed poll that a pause or the rate limit holds back is given back to the store,
-        due as it was, and counted as deferred. After a stop began it does nothing. Not
-        for a scheduler that was ``start()``-ed.
+        due as it was, and counted as deferred. Steps may overlap (a test holding one
+        step's poll in flight while the next runs); each waits for and reports its own
+        work. After a stop began it does nothing. Not for a scheduler that was ``start()``-ed.
         """
         if self._loop_task is not None:
             raise RuntimeError("run_once() steps a scheduler whose loop is not running")
-        self._tally = tally = _Tally()
+        step = _Step(stepping=True)
         if self._stopping:
-            return tally.report()
-        await self._look(self.clock(), step=True)
-        while pending := {t for t in self._polls | self._deliveries if not t.done()}:
-            await asyncio.wait(pending)
-        if tally.deferred:
+            return step.report()
+        await self._look(self.clock(), step)
+        while step.tasks:
+            await asyncio.wait(set(step.tasks))
+        if step.deferred:
+            self._give_back = True
+        if self._give_back and not self._polls and not self._deliveries:
+            # Only once nothing is in flight: release gives back every lease this owner holds.
+            self._give_back = False
             await self.store.release(self.owner)
-        return tally.report()
+        return step.report()
 
     def wake(self, due: float | None = None) -> None:
         """Look at the store now; with ``due``, only if the loop would look later than that.
@@ -243,7 +253,7 @@ class Scheduler:
             log.warning("pause_notices_unavailable", error=str(exc))
         while not self._stopping:
             try:
-                busy = await self._look(self.clock())
+                busy = await self._look(self.clock(), _Step())
             except StoreError as exc:
                 log.error("store_unavailable", error=str(exc))
                 busy = False
@@ -272,17 +282,17 @@ class Scheduler:
         self._sleeping_until = 0.0
         self._wake.clear()
 
-    async def _look(self, now: float, *, step: bool = False) -> bool:
+    async def _look(self, now: float, step: _Step) -> bool:
         """One look at the store; True if it found a full batch (more may be due).
 
         The loop expires jobs and adopts pauses once a second; a step does it every time.
         """
         full = False
-        if step or now >= self._next_expiry:
+        if step.stepping or now >= self._next_expiry:
             self._next_expiry = now + EXPIRY_EVERY
             await self.pauses.adopt(self.store, now)
             expired = await self.store.expire_due(now=now)
-            self._tally.expired += len(expired)
+            step.expired += len(expired)
             self._outcomes(expired)
         if now >= self._next_plan:
             self._next_plan = now + PLAN_EVERY
@@ -301,7 +311,7 @@ class Scheduler:
             )
             claimed = self.monotonic()
             for w in watches:
-                self._spawn(self._polls, self._poll(w, claimed, wait=not step))
+                self._spawn(self._polls, self._poll(w, claimed, step), step)
             full = full or len(watches) == limit
             self._short_of_slots |= len(watches) == free
         free = self._delivery_room()
@@ -310,7 +320,7 @@ class Scheduler:
                 self.owner, now=now, lease=self.settings.lease, limit=free
             )
             for d in deliveries:
-                self._start_delivery(d)
+                self._start_delivery(d, step)
             full = full or len(deliveries) == free
             self._short_of_slots |= len(deliveries) == free
         return full
@@ -318,9 +328,9 @@ class Scheduler:
     def _delivery_room(self) -> int:
         return self.settings.callback_concurrency - len(self._deliveries) - self._reserved
 
-    def _start_delivery(self, d: DeliveryWork) -> None:
+    def _start_delivery(self, d: DeliveryWork, step: _Step) -> None:
         self._in_flight[d.job_id] = False
-        self._spawn(self._deliveries, self._deliver(d))
+        self._spawn(self._deliveries, self._deliver(d, step), step)
 
     async def _replan(self) -> None:
         """Rebuild each kind's poll plan from the durations the store holds (any replica's)."""
@@ -342,12 +352,14 @@ class Scheduler:
                         horizon_s=round(plan.horizon, 2),
                     )
 
-    def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
+    def _spawn(self, group: set[asyncio.Task[None]], work: Any, step: _Step) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)
         group.add(task)
+        step.tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
             group.discard(t)
+            step.tasks.discard(t)
             if self._short_of_slots:
                 # Due work was left for want of a slot: this freed one may take it.
                 self._wake.set()
@@ -356,17 +368,17 @@ class Scheduler:
 
     # -- polling ---------------------------------------------------------------------------
 
-    async def _poll(self, w: WatchWork, claimed: float, *, wait: bool = True) -> None:
+    async def _poll(self, w: WatchWork, claimed: float, step: _Step) -> None:
         """Wait for a rate slot and no pause, ask, decide, record, start the outcome's callbacks.
 
-        With ``wait`` False (a step) a poll that would have to wait is given back instead.
+        In a step, a poll that would have to wait is given back instead.
         """
         try:
             async with self._upstream_slots:
-                if wait:
+                if not step.stepping:
                     await self.limiter.acquire(lambda: self.pauses.left(w.kind))
                 elif not self.limiter.try_acquire(lambda: self.pauses.left(w.kind)):
-                    self._tally.deferred += 1
+                    step.deferred += 1
                     return  # not started: run_once gives its lease back
                 if self._stopping:
                     return  # not started: given back with the leases when the stop ends
@@ -377,7 +389,7 @@ class Scheduler:
                     log.info("poll_lease_lapsed", kind=w.kind, token=w.token)
                     return
                 started = self.clock()
-                self._tally.polled += 1
+                step.polled += 1
                 self.metrics.scheduler_lag.observe(max(0.0, started - w.due_at))
                 observation = await self.upstream.status(w.kind, w.token)  # type: ignore[arg-type]
             now = self.clock()
@@ -389,12 +401,12 @@ class Scheduler:
             return
         finally:
             self._started.discard(asyncio.current_task())
-        self._tally.outcomes += len(recorded)
+        step.outcomes += len(recorded)
         self._outcomes(recorded)
         for r in recorded:
             # Once a stop began, nothing new starts: the lease goes back with the others.
             if r.delivery is not None and not self._stopping:
-                self._start_delivery(r.delivery)
+                self._start_delivery(r.delivery, step)
         if any(r.delivery is None for r in recorded):
             self._wake.set()
 
@@ -468,15 +480,15 @@ class Scheduler:
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def _deliver(self, d: DeliveryWork) -> None:
+    async def _deliver(self, d: DeliveryWork, step: _Step) -> None:
         try:
-            await self._attempt(d)
+            await self._attempt(d, step)
         except Exception:
             log.exception("delivery_failed", job_id=d.job_id, kind=d.kind, token=d.token)
         finally:
             self._in_flight.pop(d.job_id, None)
 
-    async def _attempt(self, d: DeliveryWork) -> None:
+    async def _attempt(self, d: DeliveryWork, step: _Step) -> None:
         kw = {"job_id": d.job_id, "kind": d.kind, "token": d.token}
         secrets = await self.secrets.for_tenant(d.tenant)
         if self._in_flight.get(d.job_id):
@@ -486,7 +498,7 @@ class Scheduler:
         res = await self.deliverer.attempt(
             d.callback_url, d.body, model.webhook_id(d.job_id), secrets
         )
-        self._tally.attempted += 1
+        step.attempted += 1
         self.metrics.callback_attempts.labels(res.result).inc()
         self.metrics.callback_duration.observe(res.duration)
         state, next_at = self._after_attempt(d, res)
@@ -504,7 +516,7 @@ class Scheduler:
             log.info("callback_attempt_after_cancel", n=attempt.n, result=res.result, **kw)
             return
         if state == model.DELIVERED:
-            self._tally.delivered += 1
+            step.delivered += 1
             self.metrics.deliveries.labels("delivered").inc()
             finished = res.started_at + res.duration
             self.metrics.notification_latency.observe(max(0.0, finished - d.outcome_at))
