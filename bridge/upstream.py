@@ -2,8 +2,8 @@
 
 This module holds no scheduling state. ``UpstreamClient.status`` sends one logical request
 (with at most two quick in-request retries of a failed connection) and turns whatever
-happened into an ``Observation``; what to do next (poll again, pause, back off) is the
-scheduler's decision.
+happened into an ``Observation``; what to do next (poll again, pause, back off) is
+``bridge.polldecision``'s to decide.
 
 Secrets: the secret key lives only in a private attribute. It is never part of a repr,
 an exception, an ``Observation`` or a log line; error texts Uploadcare sends back are
