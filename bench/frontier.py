@@ -1,6 +1,6 @@
 """The polling-efficiency frontier: upstream requests per job against detection latency.
 
-The poll policy is pure (``bridge.policy``), so it can be driven with a virtual clock
+The poll policy is pure (``bridge.pollplan``), so it can be driven with a virtual clock
 over thousands of simulated conversions in seconds, with the same functions, jitter
 and learning loop the scheduler uses. For each duration distribution this prints, for
 fixed intervals (a hand-written poller: a poll every T seconds, no jitter) and for the
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.stats import quantile
-from bridge import model, policy
+from bridge import pollplan
 from bridge.settings import parse_duration
 
 FIXED_INTERVALS = (0.5, 1.0, 2.0, 5.0)
@@ -111,7 +111,7 @@ def bridge_policy(
     scheduler rebuilds its plans from the store every few seconds.
     """
     weights: list[float] = []
-    plan: policy.Plan | None = None
+    plan: pollplan.Plan | None = None
     requests, latencies = [], []
     for n, d in enumerate(durations):
         polls, seen_at, last_running = poll_one(d, plan, pacing, rng)
@@ -119,16 +119,16 @@ def bridge_policy(
         latencies.append(seen_at - d)
         if not learn:
             continue
-        weights = policy.add(weights, policy.spread(last_running, seen_at))
-        if policy.needs_decay(weights):
+        weights = pollplan.add(weights, pollplan.spread(last_running, seen_at))
+        if pollplan.needs_decay(weights):
             weights = [w * 0.5 for w in weights]
         if (n + 1) % REPLAN_EVERY == 0:
-            plan = policy.make_plan(weights)
+            plan = pollplan.make_plan(weights)
     return Tally(requests, latencies)
 
 
 def poll_one(
-    duration: float, plan: policy.Plan | None, pacing: Pacing, rng: random.Random
+    duration: float, plan: pollplan.Plan | None, pacing: Pacing, rng: random.Random
 ) -> tuple[int, float, float]:
     """Polls of one conversion: how many, when the end was seen, the last poll before."""
     t = pacing.initial_delay
@@ -141,7 +141,7 @@ def poll_one(
         if t >= duration:
             return polls, t, last_running
         now_status = "pending" if t < PENDING_SHARE * duration else "processing"
-        interval = policy.next_interval(
+        interval = pollplan.next_interval(
             plan,
             elapsed=t,
             previous=previous,
@@ -150,7 +150,7 @@ def poll_one(
             max_interval=pacing.max_interval,
         )
         status, previous, last_running = now_status, interval, t
-        t += model.jittered(interval, 0.1, rng.random())
+        t += pollplan.jittered(interval, pollplan.POLL_JITTER, rng.random())
 
 
 def fixed_at_p95(durations: list[float], p95: float) -> tuple[float, dict[str, float]]:

@@ -31,7 +31,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from bench import serving
-from bridge import model, policy
+from bridge import model, pollplan
 from bridge.upstream import ACCEPT, SIGNED_CONTENT_TYPE, sign
 
 # Uploadcare's spellings of an ended conversion, and the outcome each means.
@@ -42,8 +42,8 @@ TERMINAL: Final = {
     "cancelled": "canceled",
 }
 # The interval rule, its jitter, the 404 limit and the callback's id are the bridge's own
-# pure functions (bridge.model, bridge.policy): the same decisions, without the machinery.
-JITTER: Final = 0.1
+# pure functions (bridge.model, bridge.pollplan): the same decisions, without the machinery.
+JITTER: Final = pollplan.POLL_JITTER
 # Callback retries: quick at first, then every half minute, for as long as it takes.
 RETRY_FIRST: Final = 0.5
 RETRY_LONGEST: Final = 30.0
@@ -82,7 +82,7 @@ class Watch:
 
 
 def _jittered(value: float, rng: random.Random) -> float:
-    return model.jittered(value, JITTER, rng.random())
+    return pollplan.jittered(value, JITTER, rng.random())
 
 
 def _parse(body: Any, job_id: str) -> Watch | None:
@@ -157,7 +157,7 @@ class Poller:
         elif isinstance(status, str):
             changed = status != job.status
             job.status, job.not_found, job.failures = status, 0, 0
-            job.interval = policy.growth_interval(
+            job.interval = pollplan.growth_interval(
                 job.interval, changed, self.config.min_interval, self.config.max_interval
             )
             self._after(_jittered(job.interval, self._rng), job)
@@ -170,7 +170,7 @@ class Poller:
         else:
             # 5xx, 429, a connection error, a malformed answer: back off and try again.
             job.failures += 1
-            backoff = model.failure_backoff(
+            backoff = pollplan.failure_backoff(
                 job.failures, self.config.min_interval, self.config.max_interval
             )
             self._after(_jittered(backoff, self._rng), job)

@@ -25,7 +25,7 @@ from aiohttp.typedefs import Handler
 
 from bench import serving
 from bridge.fake_upstream import FAKE, FakeConfig, FakeUpstream, Outcome, create_app
-from bridge.upstream import Kind
+from bridge.model import Kind
 
 TERMINAL: Final = frozenset({b"finished", b"failed", b"canceled", b"cancelled"})
 # The fake keeps a log of requests the bench never reads; a short one costs nothing.

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+from bridge.model import Kind
 from bridge.settings import parse_duration
 
-Kind: TypeAlias = Literal["video", "document"]
 Outcome: TypeAlias = Literal["finished", "failed"]
 # One draw: how long the conversion takes (seconds) and how it ends.
 Sampler: TypeAlias = Callable[[random.Random], tuple[float, Outcome]]

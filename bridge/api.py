@@ -454,7 +454,7 @@ async def metrics(request: web.Request) -> web.Response:
     m.set_job_counts(await store.count_by_state())
     now = request.app[keys.CLOCK]()
     m.set_backlog(await store.backlog(now=now), now)
-    m.set_paused({p.reason for p in request.app[keys.PAUSES].active()})
+    m.set_paused(request.app[keys.PAUSES].reasons())
     return web.Response(
         body=m.exposition(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -62,16 +63,50 @@ async def _stop_claiming(app: web.Application) -> None:
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    metrics = app[keys.METRICS]
+    async with open_scheduler(
+        settings,
+        app[keys.STORE],
+        secrets=app[keys.SECRETS],
+        metrics=app[keys.METRICS],
+        pauses=app[keys.PAUSES],
+        policy=app[keys.POLICY],
+        clock=app[keys.CLOCK],
+    ) as scheduler:
+        app[keys.SCHEDULER] = scheduler
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.stop(settings.shutdown_grace)
+
+
+@contextlib.asynccontextmanager
+async def open_scheduler(
+    settings: Settings,
+    store: Store,
+    *,
+    secrets: SecretBook,
+    metrics: Metrics,
+    pauses: PauseBoard,
+    policy: NetworkPolicy,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    rand: Callable[[], float] = random.random,
+) -> AsyncIterator[Scheduler]:
+    """A scheduler and the client sessions it polls and delivers on, not started.
+
+    The app starts it (and stops it before the sessions close); a test steps it with
+    ``run_once`` on a virtual clock passed as both ``clock`` and ``monotonic``.
+    """
 
     def on_request(code: str, seconds: float) -> None:
         metrics.upstream_requests.labels(code).inc()
         metrics.upstream_duration.observe(seconds)
 
-    limiter = RateLimiter(settings.upstream_rps)
+    limiter = RateLimiter(settings.upstream_rps, clock=monotonic)
     async with (
         aiohttp.ClientSession() as upstream_session,
-        callback_session(app[keys.POLICY], settings.callback_concurrency) as callbacks,
+        callback_session(policy, settings.callback_concurrency) as callbacks,
     ):
         upstream = UpstreamClient(
             upstream_session,
@@ -84,25 +119,19 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
             on_request=on_request,
             before_retry=limiter.acquire,
         )
-        scheduler = Scheduler(
+        yield Scheduler(
             settings=settings,
-            store=app[keys.STORE],
+            store=store,
             upstream=upstream,
-            deliverer=Deliverer(
-                callbacks, timeout=settings.callback_timeout, clock=app[keys.CLOCK]
-            ),
-            secrets=app[keys.SECRETS],
+            deliverer=Deliverer(callbacks, timeout=settings.callback_timeout, clock=clock),
+            secrets=secrets,
             metrics=metrics,
-            pauses=app[keys.PAUSES],
-            clock=app[keys.CLOCK],
+            pauses=pauses,
+            clock=clock,
+            monotonic=monotonic,
+            rand=rand,
             limiter=limiter,
         )
-        app[keys.SCHEDULER] = scheduler
-        scheduler.start()
-        try:
-            yield
-        finally:
-            await scheduler.stop(settings.shutdown_grace)
 
 
 def _store_ctx(

@@ -8,13 +8,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-Kind = Literal["video", "document"]
-KINDS: Final = ("video", "document")
+from bridge.pollplan import jittered
+
+# The conversion kinds, and the statuses a conversion ends in: declared here once, for the
+# Uploadcare client, the API and the scheduler alike.
+Kind: TypeAlias = Literal["video", "document"]
+KINDS: Final[tuple[Kind, ...]] = ("video", "document")
+TERMINAL_STATUSES: Final = frozenset({"finished", "failed", "canceled"})
 
 TRACKING: Final = "tracking"
 DELIVERING: Final = "delivering"
@@ -175,30 +180,13 @@ class NewJob:
 
 
 # -- pure decisions --------------------------------------------------------------------------
-# Given a state, an observation and the time, what happens next. No I/O; randomness passed in.
-
-TERMINAL_STATUSES: Final = ("finished", "failed", "canceled")
-NOT_FOUND_LIMIT: Final = 3
+# What a callback carries and when it is tried again. No I/O; randomness passed in. (When a
+# watch is polled next is bridge.pollplan's; what a poll's answer means, bridge.polldecision's.)
 
 
 def webhook_id(job_id: str) -> str:
     """The Standard Webhooks message id: stable for the job across attempts and redeliveries."""
     return "msg_" + job_id.removeprefix("job_")
-
-
-def jittered(value: float, fraction: float, rand: float) -> float:
-    """``value`` moved by up to ±``fraction`` of itself; ``rand`` is uniform in [0, 1)."""
-    return value * (1 + fraction * (2 * rand - 1))
-
-
-def failure_backoff(failures: int, min_interval: float, max_interval: float) -> float:
-    """After ``failures`` consecutive transient failures of one watch (1, 2, ...)."""
-    return min(max_interval, min_interval * 2.0 ** min(failures, 30))
-
-
-def pause_backoff(pauses: int, first: float = 5.0, longest: float = 600.0) -> float:
-    """How long polling stops after the ``pauses``-th rejection in a row (1, 2, ...)."""
-    return min(longest, first * 2.0 ** min(pauses - 1, 30))
 
 
 def retry_delay(
@@ -250,6 +238,8 @@ def callback_body(
 
 
 EXPIRED_ERROR: Final = "the conversion was still not finished at the job's deadline"
+# 404s in a row after which a watch's jobs end as not_found; the sentence says the number.
+NOT_FOUND_LIMIT: Final = 3
 NOT_FOUND_ERROR: Final = "Uploadcare does not know this token (404 three times in a row)"
 
 
@@ -287,7 +277,7 @@ class PollRecord:
     outcome: str | None = None
     outcome_error: str | None = None
     # Seen to end: how long the conversion took, as weights on the duration histogram's
-    # buckets (bridge.policy.spread), added in the same transaction.
+    # buckets (bridge.pollplan.spread), added in the same transaction.
     learned: tuple[tuple[int, float], ...] = ()
 
 

@@ -1,4 +1,4 @@
-"""Upstream politeness: the pauses that stop all (or one kind's) polling for a while."""
+"""Upstream politeness: the pauses that stop all (or one kind's) polling, and the rate limit."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.model import rfc3339
 
@@ -20,21 +20,96 @@ class Pause:
     kind: str | None = None  # None: every kind
 
 
+@dataclass(frozen=True, slots=True)
+class TakePause:
+    """A pause a poll's answer calls for (a 429, or a rejection of the keys or the request).
+
+    ``rejections`` is how many rejections in a row ``key`` has now seen; None for a pause
+    that is not a rejection (a 429), which leaves the count as it is.
+    """
+
+    key: str
+    reason: str
+    until: float
+    kind: str | None = None
+    rejections: int | None = None
+
+
+class PauseStore(Protocol):
+    """The two store verbs pauses travel by between the processes on one database."""
+
+    async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None: ...
+
+    async def pauses(self) -> list[tuple[str, str, float, str | None]]: ...
+
+
 class PauseBoard:
-    """The pauses in force; what ``/readyz`` and ``bridge_upstream_paused`` report."""
+    """The one owner of upstream pauses.
+
+    It holds the pauses in force (keys ``throttled``, ``rejected``, ``rejected:<kind>``),
+    the count of rejections in a row under each key, which of its pauses changed since
+    they were last written to the store (``share``) and which it took from the store
+    (``adopt``). The scheduler applies poll decisions to it (``take``, ``lift``); the
+    rate limiter asks it how long a kind must wait (``left``); ``/readyz`` and the
+    ``bridge_upstream_paused`` gauge report what it holds (``describe``, ``reasons``).
+    """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._pauses: dict[str, Pause] = {}
+        self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
+        self._changed: set[str] = set()  # pause keys to write to the store
+        self._adopted: set[str] = set()  # pause keys taken from the store, not set here
 
-    def set(self, key: str, pause: Pause) -> None:
-        self._pauses[key] = pause
+    # -- what decisions read ---------------------------------------------------------------
 
     def get(self, key: str) -> Pause | None:
         return self._pauses.get(key)
 
-    def clear(self, key: str) -> None:
+    def rejections(self, key: str) -> int:
+        """Rejections in a row under ``key`` (0 when the last answer was a good one)."""
+        return self._rejections.get(key, 0)
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def take(self, change: TakePause) -> None:
+        self._pauses[change.key] = Pause(change.reason, change.until, change.kind)
+        if change.rejections is not None:
+            self._rejections[change.key] = change.rejections
+        self._changed.add(change.key)
+        self._adopted.discard(change.key)
+
+    def lift(self, key: str) -> None:
+        """A good answer: the pause under ``key`` ends here, and its count starts again."""
+        self._rejections.pop(key, None)
         self._pauses.pop(key, None)
+        self._changed.add(key)
+
+    async def share(self, store: PauseStore) -> None:
+        """Write pauses taken or lifted here, so every process on the database honours them."""
+        while self._changed:
+            key = self._changed.pop()
+            pause = self._pauses.get(key)
+            if pause is None:
+                await store.set_pause(key, "", 0, None)
+            else:
+                await store.set_pause(key, pause.reason, pause.until, pause.kind)
+
+    async def adopt(self, store: PauseStore, now: float) -> None:
+        """Take up pauses other processes stored (a 429 seen by any replica stops them all)."""
+        stored = await store.pauses()
+        for key, reason, until, kind in stored:
+            mine = self._pauses.get(key)
+            if until > now and (mine is None or mine.until < until):
+                self._pauses[key] = Pause(reason, until, kind)
+                self._adopted.add(key)
+        # A pause taken from the store and since lifted there (a good answer elsewhere)
+        # is lifted here too.
+        for key in self._adopted - {row[0] for row in stored}:
+            self._adopted.discard(key)
+            self._pauses.pop(key, None)
+
+    # -- what is reported and obeyed -------------------------------------------------------
 
     def active(self) -> list[Pause]:
         now = self._clock()
@@ -43,6 +118,7 @@ class PauseBoard:
         )
 
     def describe(self) -> dict[str, Any]:
+        """The ``upstream`` object of ``/readyz``."""
         active = self.active()
         if not active:
             return {"state": "ok"}
@@ -55,6 +131,10 @@ class PauseBoard:
         if first.kind is not None:
             out["kind"] = first.kind
         return out
+
+    def reasons(self) -> set[str]:
+        """The reasons polling is paused for now: the ``bridge_upstream_paused`` labels at 1."""
+        return {p.reason for p in self.active()}
 
     def paused(self, now: float) -> tuple[bool, tuple[str, ...]]:
         """Whether every kind is paused, and which kinds are paused on their own."""
@@ -69,6 +149,11 @@ class PauseBoard:
         ends = [p.until for p in self._pauses.values() if p.kind in (None, kind)]
         return max(ends, default=now)
 
+    def left(self, kind: str) -> float:
+        """Seconds before a request for ``kind`` may go out (zero or less: it may now)."""
+        now = self._clock()
+        return self.until(kind, now) - now
+
 
 class RateLimiter:
     """At most ``rps`` requests in any one-second window, spaced evenly.
@@ -79,15 +164,24 @@ class RateLimiter:
     some second then holds one request too many (the bench saw 202 at 200 rps). So the
     spacing has a 2% margin, and a request also waits until the one ``floor(rps)`` sends
     back went out more than ``WINDOW`` seconds ago, measured on what was actually sent.
+
+    ``clock`` and ``sleep`` are what it measures and waits with; a scheduler stepped on a
+    virtual clock uses ``try_acquire``, which never waits.
     """
 
     SPACING_MARGIN = 1.02
     # A second, and room for requests to be delayed unevenly on their way out.
     WINDOW = 1.05
 
-    def __init__(self, rps: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rps: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._interval = self.SPACING_MARGIN / rps
         self._clock = clock
+        self._sleep = sleep
         self._next = 0.0
         self._sent: deque[float] = deque(maxlen=max(1, math.floor(rps)))
 
@@ -96,17 +190,31 @@ class RateLimiter:
         while True:
             wait = pause_left()
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
                 continue
             now = self._clock()
             slot = max(now, self._next)
             self._next = slot + self._interval
             if slot > now:
-                await asyncio.sleep(slot - now)
+                await self._sleep(slot - now)
             # A pause that began while this request waited for its slot still holds it.
             if pause_left() <= 0 and await self._window_allows(pause_left):
                 self._sent.append(self._clock())
                 return
+
+    def try_acquire(self, pause_left: Callable[[], float] = lambda: 0.0) -> bool:
+        """Take a slot if one is free now and no pause holds; never waits (False: none)."""
+        if pause_left() > 0:
+            return False
+        now = self._clock()
+        if self._next > now or self._window_full(now):
+            return False
+        self._next = now + self._interval
+        self._sent.append(now)
+        return True
+
+    def _window_full(self, now: float) -> bool:
+        return len(self._sent) == self._sent.maxlen and self._sent[0] + self.WINDOW > now
 
     async def _window_allows(self, pause_left: Callable[[], float]) -> bool:
         """Wait until the last second's sends leave room; False if a pause began meanwhile."""
@@ -114,7 +222,7 @@ class RateLimiter:
             wait = self._sent[0] + self.WINDOW - self._clock()
             if wait <= 0:
                 break
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
             if pause_left() > 0:
                 return False
         return True

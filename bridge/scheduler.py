@@ -1,8 +1,11 @@
 """The loop: claim due work, run it under the limits, record what happened.
 
-Thin glue around the pure decisions in ``model``: a poll's observation becomes a
-``PollRecord``, an attempt's result becomes the job's next state, and the store commits
-each before anything depends on it.
+Thin glue around the pure decisions: a poll's observation becomes a ``PollRecord`` and a
+pause change (``polldecision.decide_poll``), an attempt's result becomes the job's next
+state (``model.retry_delay``), and the store commits each before anything depends on it.
+
+``start()`` runs the loop; ``run_once()`` instead takes one step and runs what it claimed
+to the end, for tests and tools that drive the scheduler on a clock of their own.
 """
 
 from __future__ import annotations
@@ -15,27 +18,30 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import structlog
 
-from bridge import model, policy
+from bridge import model
 from bridge.delivery import AttemptResult, Deliverer
 from bridge.metrics import Metrics
-from bridge.model import Attempt, DeliveryWork, PollRecord, Recorded, WatchWork
-from bridge.pacing import Pause, PauseBoard, RateLimiter
+from bridge.model import Attempt, DeliveryWork, Kind, PollRecord, Recorded, WatchWork
+from bridge.pacing import PauseBoard, RateLimiter
+from bridge.polldecision import (
+    NotFoundSeen,
+    Paused,
+    PollBounds,
+    PollEvent,
+    Resumed,
+    StatusChanged,
+    ThrottledSeen,
+    decide_poll,
+)
+from bridge.pollplan import Plan, add, make_plan, needs_decay
 from bridge.settings import Settings
 from bridge.store.base import Store, StoreError
-from bridge.upstream import (
-    Garbage,
-    NotFound,
-    Observation,
-    Rejected,
-    Status,
-    Throttled,
-    Transient,
-    UpstreamClient,
-)
+from bridge.upstream import Observation
 from bridge.webhooks import SecretBook
 
 log = structlog.get_logger("bridge.scheduler")
@@ -53,20 +59,77 @@ EXPIRY_EVERY = 1.0
 HAND_OFF = 8
 # How often the poll plans are rebuilt from the durations the store has learned.
 PLAN_EVERY = 5.0
+PAUSED_MESSAGE = (
+    "Uploadcare refused the bridge's requests; check UPLOADCARE_PUBLIC_KEY, "
+    "UPLOADCARE_SECRET_KEY, BRIDGE_UPSTREAM_AUTH and the project's features. No job "
+    "fails because of this; polling resumes after the pause."
+)
+
+
+class StatusSource(Protocol):
+    """Where polls ask (``bridge.upstream.UpstreamClient``)."""
+
+    async def status(self, kind: Kind, token: int) -> Observation: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """What one ``run_once`` did."""
+
+    expired: int = 0  # jobs that reached their deadline
+    polled: int = 0  # polls whose request went out
+    deferred: int = 0  # claimed polls given back: a pause or the rate limit held them
+    outcomes: int = 0  # jobs that polls gave an outcome
+    attempted: int = 0  # callback attempts made
+    delivered: int = 0  # ... of which the receiver took
+
+    @property
+    def idle(self) -> bool:
+        return self == StepReport()
+
+
+@dataclass(slots=True, eq=False)
+class _Step:
+    """One look at the store: the work it started (and the callbacks its polls handed off),
+    and counts of what came of it. The loop takes one per tick and reads none of it."""
+
+    stepping: bool = False  # run_once: never wait on a clock, give back what would
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # not yet done
+    expired: int = 0
+    polled: int = 0
+    deferred: int = 0
+    outcomes: int = 0
+    attempted: int = 0
+    delivered: int = 0
+
+    def report(self) -> StepReport:
+        return StepReport(
+            self.expired,
+            self.polled,
+            self.deferred,
+            self.outcomes,
+            self.attempted,
+            self.delivered,
+        )
 
 
 class Scheduler:
+    """``clock`` is the wall clock every recorded time comes from; ``monotonic`` measures how
+    long claimed work waited (the rate limiter's clock too, unless a ``limiter`` is given).
+    A test that steps the scheduler passes one virtual clock as both."""
+
     def __init__(
         self,
         *,
         settings: Settings,
         store: Store,
-        upstream: UpstreamClient,
+        upstream: StatusSource,
         deliverer: Deliverer,
         secrets: SecretBook,
         metrics: Metrics,
         pauses: PauseBoard,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         limiter: RateLimiter | None = None,
     ) -> None:
@@ -78,9 +141,10 @@ class Scheduler:
         self.metrics = metrics
         self.pauses = pauses
         self.clock = clock
+        self.monotonic = monotonic
         self.rand = rand
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self.limiter = limiter or RateLimiter(settings.upstream_rps)
+        self.limiter = limiter or RateLimiter(settings.upstream_rps, clock=monotonic)
         self._upstream_slots = asyncio.Semaphore(settings.upstream_concurrency)
         self._polls: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -92,14 +156,13 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._next_expiry = 0.0
         self._next_plan = 0.0
-        self.plans: dict[str, policy.Plan | None] = {}
-        self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
-        self._pause_changes: set[str] = set()  # pause keys to write to the store
+        self.plans: dict[str, Plan | None] = {}
+        self.bounds = PollBounds(settings.poll_min_interval, settings.poll_max_interval)
         self._notices: set[asyncio.Task[None]] = set()
-        self._adopted: set[str] = set()  # pause keys taken from the store, not seen here
         self._started: set[asyncio.Task[None] | None] = set()  # polls whose request went out
         # Delivery slots promised to polls recording an outcome right now (see _poll).
         self._reserved = 0
+        self._give_back = False  # a step left claimed polls unstarted: release their leases
         # Claim no more polls than the rate limit lets start well within the lease: a poll
         # must start with at least BRIDGE_UPSTREAM_TIMEOUT of its lease left (see _poll).
         self._start_within = settings.lease - settings.upstream_timeout
@@ -109,6 +172,34 @@ class Scheduler:
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def run_once(self) -> StepReport:
+        """One look at the store, and everything it claimed run to the end.
+
+        Expires what reached its deadline, adopts pauses stored by other processes, rebuilds
+        the poll plans when due, claims due polls and due callbacks, then waits until every
+        poll is recorded and every callback attempt (those claimed, and the first ones the
+        polls' outcomes handed off) is made and recorded. It never waits on a clock: a
+        claimed poll that a pause or the rate limit holds back is given back to the store,
+        due as it was, and counted as deferred. Steps may overlap (a test holding one
+        step's poll in flight while the next runs); each waits for and reports its own
+        work. After a stop began it does nothing. Not for a scheduler that was ``start()``-ed.
+        """
+        if self._loop_task is not None:
+            raise RuntimeError("run_once() steps a scheduler whose loop is not running")
+        step = _Step(stepping=True)
+        if self._stopping:
+            return step.report()
+        await self._look(self.clock(), step)
+        while step.tasks:
+            await asyncio.wait(set(step.tasks))
+        if step.deferred:
+            self._give_back = True
+        if self._give_back and not self._polls and not self._deliveries:
+            # Only once nothing is in flight: release gives back every lease this owner holds.
+            self._give_back = False
+            await self.store.release(self.owner)
+        return step.report()
 
     def wake(self, due: float | None = None) -> None:
         """Look at the store now; with ``due``, only if the loop would look later than that.
@@ -150,7 +241,7 @@ class Scheduler:
             await self.store.release(self.owner)
 
     def _pause_notice(self) -> None:
-        task = asyncio.create_task(self._adopt_pauses(self.clock()))
+        task = asyncio.create_task(self.pauses.adopt(self.store, self.clock()))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
@@ -162,7 +253,7 @@ class Scheduler:
             log.warning("pause_notices_unavailable", error=str(exc))
         while not self._stopping:
             try:
-                busy = await self._tick()
+                busy = await self._look(self.clock(), _Step())
             except StoreError as exc:
                 log.error("store_unavailable", error=str(exc))
                 busy = False
@@ -191,14 +282,17 @@ class Scheduler:
         self._sleeping_until = 0.0
         self._wake.clear()
 
-    async def _tick(self) -> bool:
-        """One look at the store; True if it found a full batch (more may be due)."""
-        now = self.clock()
+    async def _look(self, now: float, step: _Step) -> bool:
+        """One look at the store; True if it found a full batch (more may be due).
+
+        The loop expires jobs and adopts pauses once a second; a step does it every time.
+        """
         full = False
-        if now >= self._next_expiry:
+        if step.stepping or now >= self._next_expiry:
             self._next_expiry = now + EXPIRY_EVERY
-            await self._adopt_pauses(now)
+            await self.pauses.adopt(self.store, now)
             expired = await self.store.expire_due(now=now)
+            step.expired += len(expired)
             self._outcomes(expired)
         if now >= self._next_plan:
             self._next_plan = now + PLAN_EVERY
@@ -215,9 +309,9 @@ class Scheduler:
                 limit=limit,
                 skip_kinds=paused_kinds,
             )
-            claimed = time.monotonic()
+            claimed = self.monotonic()
             for w in watches:
-                self._spawn(self._polls, self._poll(w, claimed))
+                self._spawn(self._polls, self._poll(w, claimed, step), step)
             full = full or len(watches) == limit
             self._short_of_slots |= len(watches) == free
         free = self._delivery_room()
@@ -226,7 +320,7 @@ class Scheduler:
                 self.owner, now=now, lease=self.settings.lease, limit=free
             )
             for d in deliveries:
-                self._start_delivery(d)
+                self._start_delivery(d, step)
             full = full or len(deliveries) == free
             self._short_of_slots |= len(deliveries) == free
         return full
@@ -234,18 +328,18 @@ class Scheduler:
     def _delivery_room(self) -> int:
         return self.settings.callback_concurrency - len(self._deliveries) - self._reserved
 
-    def _start_delivery(self, d: DeliveryWork) -> None:
+    def _start_delivery(self, d: DeliveryWork, step: _Step) -> None:
         self._in_flight[d.job_id] = False
-        self._spawn(self._deliveries, self._deliver(d))
+        self._spawn(self._deliveries, self._deliver(d, step), step)
 
     async def _replan(self) -> None:
         """Rebuild each kind's poll plan from the durations the store holds (any replica's)."""
         for kind, pairs in (await self.store.durations()).items():
-            weights = policy.add([], pairs)
-            if policy.needs_decay(weights):
+            weights = add([], pairs)
+            if needs_decay(weights):
                 await self.store.scale_durations(kind, 0.5)
                 weights = [w * 0.5 for w in weights]
-            plan = policy.make_plan(weights)
+            plan = make_plan(weights)
             self.metrics.poll_plan_samples.labels(kind).set(plan.samples if plan else 0)
             if plan != self.plans.get(kind):
                 self.plans[kind] = plan
@@ -258,12 +352,14 @@ class Scheduler:
                         horizon_s=round(plan.horizon, 2),
                     )
 
-    def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
+    def _spawn(self, group: set[asyncio.Task[None]], work: Any, step: _Step) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)
         group.add(task)
+        step.tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
             group.discard(t)
+            step.tasks.discard(t)
             if self._short_of_slots:
                 # Due work was left for want of a slot: this freed one may take it.
                 self._wake.set()
@@ -272,35 +368,45 @@ class Scheduler:
 
     # -- polling ---------------------------------------------------------------------------
 
-    async def _poll(self, w: WatchWork, claimed: float) -> None:
+    async def _poll(self, w: WatchWork, claimed: float, step: _Step) -> None:
+        """Wait for a rate slot and no pause, ask, decide, record, start the outcome's callbacks.
+
+        In a step, a poll that would have to wait is given back instead.
+        """
         try:
             async with self._upstream_slots:
-                await self.limiter.acquire(lambda: self._pause_left(w.kind))
+                if not step.stepping:
+                    await self.limiter.acquire(lambda: self.pauses.left(w.kind))
+                elif not self.limiter.try_acquire(lambda: self.pauses.left(w.kind)):
+                    step.deferred += 1
+                    return  # not started: run_once gives its lease back
                 if self._stopping:
                     return  # not started: given back with the leases when the stop ends
                 self._started.add(asyncio.current_task())
-                if time.monotonic() - claimed > self._start_within:
+                if self.monotonic() - claimed > self._start_within:
                     # Held back so long (a long pause) that the lease could lapse mid-request
                     # and another replica poll the same token: leave it to the next claim.
                     log.info("poll_lease_lapsed", kind=w.kind, token=w.token)
                     return
                 started = self.clock()
+                step.polled += 1
                 self.metrics.scheduler_lag.observe(max(0.0, started - w.due_at))
                 observation = await self.upstream.status(w.kind, w.token)  # type: ignore[arg-type]
             now = self.clock()
             record = self._decide(w, observation, started, now)
-            await self._share_pauses()
+            await self.pauses.share(self.store)
             recorded = await self._record(w, record)
         except Exception:
             log.exception("poll_failed", kind=w.kind, token=w.token)
             return
         finally:
             self._started.discard(asyncio.current_task())
+        step.outcomes += len(recorded)
         self._outcomes(recorded)
         for r in recorded:
             # Once a stop began, nothing new starts: the lease goes back with the others.
             if r.delivery is not None and not self._stopping:
-                self._start_delivery(r.delivery)
+                self._start_delivery(r.delivery, step)
         if any(r.delivery is None for r in recorded):
             self._wake.set()
 
@@ -321,154 +427,51 @@ class Scheduler:
         finally:
             self._reserved -= room
 
-    async def _share_pauses(self) -> None:
-        """Write pauses set or lifted here, so every process on the database honours them."""
-        while self._pause_changes:
-            key = self._pause_changes.pop()
-            pause = self.pauses.get(key)
-            if pause is None:
-                await self.store.set_pause(key, "", 0, None)
-            else:
-                await self.store.set_pause(key, pause.reason, pause.until, pause.kind)
-
-    async def _adopt_pauses(self, now: float) -> None:
-        """Take up pauses other processes stored (a 429 seen by any replica stops them all)."""
-        stored = await self.store.pauses()
-        for key, reason, until, kind in stored:
-            mine = self.pauses.get(key)
-            if until > now and (mine is None or mine.until < until):
-                self.pauses.set(key, Pause(reason, until, kind))
-                self._adopted.add(key)
-        # A pause taken from the store and since lifted there (a good answer elsewhere)
-        # is lifted here too.
-        for key in self._adopted - {row[0] for row in stored}:
-            self._adopted.discard(key)
-            self.pauses.clear(key)
-
-    def _pause_left(self, kind: str) -> float:
-        now = self.clock()
-        return self.pauses.until(kind, now) - now
-
     def _decide(self, w: WatchWork, obs: Observation, started: float, now: float) -> PollRecord:
-        s = self.settings
-        # What a poll without a status answer keeps: the interval, and the counters the
-        # branch below does not reset.
-        base: dict[str, Any] = {
-            "started_at": started,
-            "polled_at": now,
-            "not_found": w.not_found,
-            "failures": w.failures,
-            "interval": w.interval,
-            "answered": False,
-        }
+        """Apply the pure decision: its pause change to the board, its events to the log."""
+        decision = decide_poll(
+            w,
+            obs,
+            plan=self.plans.get(w.kind),
+            bounds=self.bounds,
+            started=started,
+            now=now,
+            rand=self.rand(),
+            pauses=self.pauses,
+        )
+        for key in decision.lift:
+            self.pauses.lift(key)
+        if decision.take is not None:
+            self.pauses.take(decision.take)
+        for event in decision.events:
+            self._report(w, event)
+        return decision.record
+
+    def _report(self, w: WatchWork, event: PollEvent) -> None:
         log_kw = {"kind": w.kind, "token": w.token}
-        if isinstance(obs, Status):
-            self._clear_rejections(w.kind)
-            changed = obs.status != w.status
-            interval = policy.next_interval(
-                self.plans.get(w.kind),
-                elapsed=now - w.armed_at,
-                previous=w.interval,
-                changed=changed,
-                min_interval=s.poll_min_interval,
-                max_interval=s.poll_max_interval,
+        if isinstance(event, StatusChanged):
+            log.debug(
+                "upstream_status_changed", status=event.status, previous=event.previous, **log_kw
             )
-            outcome = obs.status if obs.is_terminal else None
-            learned: tuple[tuple[int, float], ...] = ()
-            if obs.is_terminal and w.status not in model.TERMINAL_STATUSES:
-                # Ended since the last poll (or since arming): between the two, it finished.
-                ran = (w.last_polled_at or w.armed_at) - w.armed_at
-                learned = tuple(policy.spread(ran, started - w.armed_at))
-            if changed:
-                log.debug("upstream_status_changed", status=obs.status, previous=w.status, **log_kw)
-            return PollRecord(
-                started_at=started,
-                polled_at=now,
-                next_poll_at=now + model.jittered(interval, 0.1, self.rand()),
-                not_found=0,
-                failures=0,
-                interval=interval,
-                answered=True,
-                status=obs.status,
-                error=obs.error,
-                result_json=model.compact_json(obs.result) if obs.result is not None else None,
-                changed=changed,
-                outcome=outcome,
-                outcome_error=obs.error,
-                learned=learned,
-            )
-        if isinstance(obs, NotFound):
-            misses = w.not_found + 1
-            log.info("upstream_not_found", misses=misses, **log_kw)
-            gone = misses >= model.NOT_FOUND_LIMIT
-            return PollRecord(
-                **{**base, "not_found": misses, "failures": 0},
-                next_poll_at=now + model.jittered(s.poll_min_interval, 0.1, self.rand()),
-                outcome="not_found" if gone else None,
-                outcome_error=model.NOT_FOUND_ERROR if gone else None,
-            )
-        if isinstance(obs, Throttled):
-            until = now + obs.retry_after
+        elif isinstance(event, Resumed):
+            log.info("upstream_resumed", pause=event.key)
+        elif isinstance(event, NotFoundSeen):
+            log.info("upstream_not_found", misses=event.misses, **log_kw)
+        elif isinstance(event, ThrottledSeen):
             self.metrics.upstream_throttled.inc()
-            self.pauses.set("throttled", Pause("throttled (429)", until))
-            self._pause_changes.add("throttled")
-            self._adopted.discard("throttled")
-            log.warning("upstream_throttled", retry_after_s=obs.retry_after, **log_kw)
-            return PollRecord(
-                **base,
-                next_poll_at=until + model.jittered(0.5, 1.0, self.rand()),
+            log.warning("upstream_throttled", retry_after_s=event.retry_after, **log_kw)
+        elif isinstance(event, Paused):
+            log.error(
+                "upstream_paused",
+                reason=event.reason,
+                detail=event.detail,
+                pause_s=event.pause_s,
+                message=PAUSED_MESSAGE,
             )
-        if isinstance(obs, Rejected):
-            until = self._pause_for_rejection(obs, now)
-            return PollRecord(
-                **base,
-                next_poll_at=until,
-            )
-        assert isinstance(obs, Transient | Garbage)
-        failures = w.failures + 1
-        delay = model.failure_backoff(failures, s.poll_min_interval, s.poll_max_interval)
-        log.warning("upstream_poll_failed", reason=obs.reason, failures=failures, **log_kw)
-        return PollRecord(
-            **{**base, "failures": failures},
-            next_poll_at=now + model.jittered(delay, 0.1, self.rand()),
-        )
-
-    def _pause_for_rejection(self, obs: Rejected, now: float) -> float:
-        if obs.kind is not None:
-            key, reason = f"rejected:{obs.kind}", f"{obs.kind} conversion refused ({obs.code})"
-        elif obs.code in (401, 403):
-            key, reason = "rejected", f"credentials rejected ({obs.code})"
         else:
-            key, reason = "rejected", f"request rejected ({obs.code})"
-        current = self.pauses.get(key)
-        if current is not None and current.until > now:
-            # Requests that were in flight when the pause began: the same episode, not a
-            # reason to pause longer.
-            return current.until
-        self._rejections[key] = self._rejections.get(key, 0) + 1
-        pause = model.pause_backoff(self._rejections[key])
-        until = now + pause
-        self.pauses.set(key, Pause(reason, until, obs.kind))
-        self._pause_changes.add(key)
-        self._adopted.discard(key)
-        log.error(
-            "upstream_paused",
-            reason=reason,
-            detail=obs.detail,
-            pause_s=pause,
-            message="Uploadcare refused the bridge's requests; check UPLOADCARE_PUBLIC_KEY, "
-            "UPLOADCARE_SECRET_KEY, BRIDGE_UPSTREAM_AUTH and the project's features. No job "
-            "fails because of this; polling resumes after the pause.",
-        )
-        return until
-
-    def _clear_rejections(self, kind: str) -> None:
-        """A status answer for ``kind`` shows requests for it are accepted again."""
-        for key in ("rejected", f"rejected:{kind}"):
-            if self._rejections.pop(key, None) is not None:
-                self.pauses.clear(key)
-                self._pause_changes.add(key)
-                log.info("upstream_resumed", pause=key)
+            log.warning(
+                "upstream_poll_failed", reason=event.reason, failures=event.failures, **log_kw
+            )
 
     def _outcomes(self, recorded: list[Recorded]) -> None:
         for r in recorded:
@@ -477,15 +480,15 @@ class Scheduler:
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def _deliver(self, d: DeliveryWork) -> None:
+    async def _deliver(self, d: DeliveryWork, step: _Step) -> None:
         try:
-            await self._attempt(d)
+            await self._attempt(d, step)
         except Exception:
             log.exception("delivery_failed", job_id=d.job_id, kind=d.kind, token=d.token)
         finally:
             self._in_flight.pop(d.job_id, None)
 
-    async def _attempt(self, d: DeliveryWork) -> None:
+    async def _attempt(self, d: DeliveryWork, step: _Step) -> None:
         kw = {"job_id": d.job_id, "kind": d.kind, "token": d.token}
         secrets = await self.secrets.for_tenant(d.tenant)
         if self._in_flight.get(d.job_id):
@@ -495,6 +498,7 @@ class Scheduler:
         res = await self.deliverer.attempt(
             d.callback_url, d.body, model.webhook_id(d.job_id), secrets
         )
+        step.attempted += 1
         self.metrics.callback_attempts.labels(res.result).inc()
         self.metrics.callback_duration.observe(res.duration)
         state, next_at = self._after_attempt(d, res)
@@ -512,6 +516,7 @@ class Scheduler:
             log.info("callback_attempt_after_cancel", n=attempt.n, result=res.result, **kw)
             return
         if state == model.DELIVERED:
+            step.delivered += 1
             self.metrics.deliveries.labels("delivered").inc()
             finished = res.started_at + res.duration
             self.metrics.notification_latency.observe(max(0.0, finished - d.outcome_at))

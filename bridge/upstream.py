@@ -2,8 +2,8 @@
 
 This module holds no scheduling state. ``UpstreamClient.status`` sends one logical request
 (with at most two quick in-request retries of a failed connection) and turns whatever
-happened into an ``Observation``; what to do next (poll again, pause, back off) is the
-scheduler's decision.
+happened into an ``Observation``; what to do next (poll again, pause, back off) is
+``bridge.polldecision``'s to decide.
 
 Secrets: the secret key lives only in a private attribute. It is never part of a repr,
 an exception, an ``Observation`` or a log line; error texts Uploadcare sends back are
@@ -29,6 +29,8 @@ import structlog
 from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
+from bridge.model import KINDS, TERMINAL_STATUSES, Kind
+
 __all__ = [
     "ACCEPT",
     "DEFAULT_RETRY_AFTER",
@@ -51,7 +53,6 @@ __all__ = [
     "sign",
 ]
 
-Kind: TypeAlias = Literal["video", "document"]
 StatusValue: TypeAlias = Literal["pending", "processing", "finished", "failed", "canceled"]
 AuthScheme: TypeAlias = Literal["signed", "simple"]
 RequestHook: TypeAlias = Callable[[str, float], None]
@@ -79,7 +80,6 @@ _STATUS_VALUES: Final[dict[str, StatusValue]] = {
     # The API's schema spells it this way while its prose says "canceled".
     "cancelled": "canceled",
 }
-TERMINAL_STATUSES: Final = frozenset({"finished", "failed", "canceled"})
 _REJECTED_CODES: Final = frozenset({400, 401, 403, 406})
 _KIND_FEATURE: Final = re.compile(r"\b(video|document)\s+conversion\b", re.IGNORECASE)
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]+")
@@ -406,7 +406,7 @@ class UpstreamClient:
 
     async def status(self, kind: Kind, token: int) -> Observation:
         """One status request for (kind, token), classified. Never raises for I/O trouble."""
-        if kind not in ("video", "document"):
+        if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         if isinstance(token, bool) or not isinstance(token, int) or token < 1:
             raise ValueError("token must be a positive integer")

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from bridge import policy
+from bridge import pollplan
 from bridge.store.sqlite import SQLiteStore
 from tests.conftest import ALPHA, BETA
 from tests.harness import bridge, fake_upstream, job, receiver, register, wait_state
@@ -398,8 +398,8 @@ async def test_a_learned_plan_spaces_polls_and_every_end_teaches_it(tmp_path: Pa
     store = await SQLiteStore.open(str(tmp_path / "bridge.db"))
     await store.close()
     with contextlib.closing(sqlite3.connect(tmp_path / "bridge.db")) as db, db:
-        db.execute("INSERT INTO durations VALUES ('video', ?, 200.0)", (policy.bucket_of(20.0),))
-    dense_from = policy.EDGES[policy.bucket_of(20.0)]
+        db.execute("INSERT INTO durations VALUES ('video', ?, 200.0)", (pollplan.bucket_of(20.0),))
+    dense_from = pollplan.EDGES[pollplan.bucket_of(20.0)]
     env = {"BRIDGE_POLL_MIN_INTERVAL": "50ms", "BRIDGE_POLL_MAX_INTERVAL": "60s"}
     async with fake_upstream() as up, receiver() as rec, bridge(tmp_path, up.url, **env) as client:
         slow = await register(client, up.fake.add_job("video", duration=3600), rec.url)
@@ -427,4 +427,4 @@ async def test_a_learned_plan_spaces_polls_and_every_end_teaches_it(tmp_path: Pa
     finally:
         await store.close()
     assert math.isclose(sum(w for _, w in learned["document"]), 1.0)
-    assert learned["video"] == [(policy.bucket_of(20.0), 200.0)]
+    assert learned["video"] == [(pollplan.bucket_of(20.0), 200.0)]

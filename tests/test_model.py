@@ -9,26 +9,9 @@ import time
 import pytest
 
 from bridge import model
-from bridge.pacing import Pause, PauseBoard, RateLimiter
+from bridge.pacing import PauseBoard, RateLimiter, TakePause
 
 SCHEDULE = (5.0, 300.0, 1800.0)
-
-
-@pytest.mark.parametrize(("rand", "expected"), [(0.0, 9.0), (0.5, 10.0), (0.999999, 11.0)])
-def test_jitter_bounds(rand: float, expected: float) -> None:
-    assert model.jittered(10.0, 0.1, rand) == pytest.approx(expected, abs=1e-4)
-
-
-@pytest.mark.parametrize(
-    ("failures", "expected"), [(1, 4.0), (2, 8.0), (3, 16.0), (5, 60.0), (100, 60.0)]
-)
-def test_failure_backoff(failures: int, expected: float) -> None:
-    assert model.failure_backoff(failures, 2.0, 60.0) == expected
-
-
-@pytest.mark.parametrize(("pauses", "expected"), [(1, 5.0), (2, 10.0), (3, 20.0), (20, 600.0)])
-def test_pause_backoff(pauses: int, expected: float) -> None:
-    assert model.pause_backoff(pauses) == expected
 
 
 @pytest.mark.parametrize(
@@ -93,11 +76,11 @@ def test_pause_board() -> None:
     now = [100.0]
     board = PauseBoard(lambda: now[0])
     assert board.describe() == {"state": "ok"}
-    board.set("rejected:video", Pause("video conversion refused (400)", 110.0, "video"))
+    board.take(TakePause("rejected:video", "video conversion refused (400)", 110.0, "video"))
     assert board.paused(now[0]) == (False, ("video",))
     assert board.until("video", now[0]) == 110.0
     assert board.until("document", now[0]) == 100.0
-    board.set("throttled", Pause("throttled (429)", 105.0))
+    board.take(TakePause("throttled", "throttled (429)", 105.0))
     assert board.paused(now[0]) == (True, ("video",))
     assert board.until("document", now[0]) == 105.0
     now[0] = 111.0

@@ -1,7 +1,9 @@
-"""When to poll next: the growth rule, and a plan learned from how long conversions take.
+"""When to poll next: every rule that sets a watch's next poll, in one place.
 
-Pure functions and values, no I/O: the scheduler feeds them what polls saw, the store
-keeps the learned histogram, and ``bench/frontier.py`` drives them with a virtual clock.
+The growth rule, the jitter, the backoff after transient failures, the pause after
+rejections, and a plan learned from how long conversions take. Pure functions and
+values, no I/O: ``bridge.polldecision`` applies them to what a poll saw, the store keeps
+the learned histogram, and ``bench/frontier.py`` drives them with a virtual clock.
 
 Why a plan beats a fixed interval. A poll is worth making where a conversion is likely
 to have just finished. Let S(t) be the share of conversions still running t seconds
@@ -30,6 +32,15 @@ from typing import Final
 
 # Growth of the interval while the status does not change (no-history rule).
 POLL_GROWTH: Final = 1.5
+# Every poll interval moves by up to this share either way, so watches registered
+# together drift apart instead of polling in lockstep.
+POLL_JITTER: Final = 0.1
+# After a 429, a watch's next poll comes this long past the pause's end, give or take all
+# of it (0 to 1 s): the watches the pause held do not all go at its first instant.
+THROTTLE_SLACK: Final = 0.5
+# The pause after rejections (400, 401, 403, 406): the first, doubling to the longest.
+PAUSE_FIRST: Final = 5.0
+PAUSE_LONGEST: Final = 600.0
 
 # The duration histogram: log-spaced buckets, 8 per doubling (each about 9% wide), from
 # 0.25 s to 2^17 s (36 h, past the longest job deadline worth setting).
@@ -47,6 +58,21 @@ MIN_SAMPLES: Final = 50.0
 HISTORY_CAP: Final = 4000.0
 # The share of conversions the plan may notice later than the minimum interval.
 LATE_BUDGET: Final = 0.04
+
+
+def jittered(value: float, fraction: float, rand: float) -> float:
+    """``value`` moved by up to ±``fraction`` of itself; ``rand`` is uniform in [0, 1)."""
+    return value * (1 + fraction * (2 * rand - 1))
+
+
+def failure_backoff(failures: int, min_interval: float, max_interval: float) -> float:
+    """After ``failures`` consecutive transient failures of one watch (1, 2, ...)."""
+    return min(max_interval, min_interval * 2.0 ** min(failures, 30))
+
+
+def pause_backoff(pauses: int, first: float = PAUSE_FIRST, longest: float = PAUSE_LONGEST) -> float:
+    """How long polling stops after the ``pauses``-th rejection in a row (1, 2, ...)."""
+    return min(longest, first * 2.0 ** min(pauses - 1, 30))
 
 
 def growth_interval(
@@ -152,7 +178,7 @@ def next_interval(
     changed: bool,
     min_interval: float,
     max_interval: float,
-    jitter: float = 0.1,
+    jitter: float = POLL_JITTER,
 ) -> float:
     """Seconds until the next poll of a watch ``elapsed`` seconds into its tracking.
 

@@ -1,0 +1,227 @@
+"""What one poll's answer means: the record to commit, the pause to take or lift, the events.
+
+``decide_poll`` is pure: no I/O, no logging, no metrics, the time and the randomness passed
+in. The scheduler asks Uploadcare, calls it, applies the pause change to its
+``PauseBoard``, turns the events into log lines and metrics, and commits the record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+
+from bridge import pollplan
+from bridge.model import (
+    NOT_FOUND_ERROR,
+    NOT_FOUND_LIMIT,
+    TERMINAL_STATUSES,
+    PollRecord,
+    WatchWork,
+    compact_json,
+)
+from bridge.pacing import Pause, TakePause
+from bridge.upstream import Garbage, NotFound, Observation, Rejected, Status, Throttled, Transient
+
+# Pause keys: the 429 pause, and the rejection pauses (everyone's, or one kind's).
+THROTTLED_KEY = "throttled"
+THROTTLED_REASON = "throttled (429)"
+REJECTED_KEY = "rejected"
+
+
+def rejected_key(kind: str | None) -> str:
+    """The pause key a rejection takes: one kind's (a 400 naming its feature), or everyone's."""
+    return REJECTED_KEY if kind is None else f"{REJECTED_KEY}:{kind}"
+
+
+@dataclass(frozen=True, slots=True)
+class PollBounds:
+    """The bounds of the adaptive interval (BRIDGE_POLL_MIN_INTERVAL / _MAX_INTERVAL)."""
+
+    min_interval: float
+    max_interval: float
+
+
+class PauseView(Protocol):
+    """What a decision reads of the pauses (``bridge.pacing.PauseBoard`` is one)."""
+
+    def get(self, key: str) -> Pause | None: ...
+
+    def rejections(self, key: str) -> int: ...
+
+
+# -- what happened: the scheduler turns each into a log line (and a metric) -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """``upstream_status_changed`` (debug)."""
+
+    status: str
+    previous: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """``upstream_resumed``: a good answer lifted the rejection pause under ``key``."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotFoundSeen:
+    """``upstream_not_found``: the ``misses``-th 404 in a row."""
+
+    misses: int
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottledSeen:
+    """``upstream_throttled`` and ``bridge_upstream_throttled_total``: a 429."""
+
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """``upstream_paused``: a rejection began a pause of ``pause_s`` seconds."""
+
+    reason: str
+    detail: str
+    pause_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PollFailed:
+    """``upstream_poll_failed``: the ``failures``-th transient failure in a row."""
+
+    reason: str
+    failures: int
+
+
+PollEvent: TypeAlias = StatusChanged | Resumed | NotFoundSeen | ThrottledSeen | Paused | PollFailed
+
+
+@dataclass(frozen=True, slots=True)
+class PollDecision:
+    record: PollRecord  # for the store to commit at once
+    take: TakePause | None = None  # a pause to take
+    lift: tuple[str, ...] = ()  # rejection pauses a good answer ends
+    events: tuple[PollEvent, ...] = ()  # in the order they are to be logged
+
+
+def decide_poll(
+    watch: WatchWork,
+    observation: Observation,
+    *,
+    plan: pollplan.Plan | None,
+    bounds: PollBounds,
+    started: float,
+    now: float,
+    rand: float,
+    pauses: PauseView,
+) -> PollDecision:
+    """What a poll of ``watch`` that went out at ``started`` and saw ``observation`` by
+    ``now`` leads to. ``rand`` is uniform in [0, 1), for the jitter of the next poll."""
+    w, obs = watch, observation
+    # What a poll without a status answer keeps: the interval, and the counters the branch
+    # below does not reset.
+    base: dict[str, Any] = {
+        "started_at": started,
+        "polled_at": now,
+        "not_found": w.not_found,
+        "failures": w.failures,
+        "interval": w.interval,
+        "answered": False,
+    }
+    if isinstance(obs, Status):
+        # A status answer for this kind shows requests for it are accepted again.
+        lift = tuple(
+            key for key in (REJECTED_KEY, rejected_key(w.kind)) if pauses.rejections(key) > 0
+        )
+        events: list[PollEvent] = [Resumed(key) for key in lift]
+        changed = obs.status != w.status
+        interval = pollplan.next_interval(
+            plan,
+            elapsed=now - w.armed_at,
+            previous=w.interval,
+            changed=changed,
+            min_interval=bounds.min_interval,
+            max_interval=bounds.max_interval,
+        )
+        learned: tuple[tuple[int, float], ...] = ()
+        if obs.is_terminal and w.status not in TERMINAL_STATUSES:
+            # Ended since the last poll (or since arming): between the two, it finished.
+            ran = (w.last_polled_at or w.armed_at) - w.armed_at
+            learned = tuple(pollplan.spread(ran, started - w.armed_at))
+        if changed:
+            events.append(StatusChanged(obs.status, w.status))
+        record = PollRecord(
+            started_at=started,
+            polled_at=now,
+            next_poll_at=now + pollplan.jittered(interval, pollplan.POLL_JITTER, rand),
+            not_found=0,
+            failures=0,
+            interval=interval,
+            answered=True,
+            status=obs.status,
+            error=obs.error,
+            result_json=compact_json(obs.result) if obs.result is not None else None,
+            changed=changed,
+            outcome=obs.status if obs.is_terminal else None,
+            outcome_error=obs.error,
+            learned=learned,
+        )
+        return PollDecision(record, lift=lift, events=tuple(events))
+    if isinstance(obs, NotFound):
+        misses = w.not_found + 1
+        gone = misses >= NOT_FOUND_LIMIT
+        record = PollRecord(
+            **{**base, "not_found": misses, "failures": 0},
+            next_poll_at=now + pollplan.jittered(bounds.min_interval, pollplan.POLL_JITTER, rand),
+            outcome="not_found" if gone else None,
+            outcome_error=NOT_FOUND_ERROR if gone else None,
+        )
+        return PollDecision(record, events=(NotFoundSeen(misses),))
+    if isinstance(obs, Throttled):
+        until = now + obs.retry_after
+        slack = pollplan.jittered(pollplan.THROTTLE_SLACK, 1.0, rand)
+        return PollDecision(
+            PollRecord(**base, next_poll_at=until + slack),
+            take=TakePause(THROTTLED_KEY, THROTTLED_REASON, until),
+            events=(ThrottledSeen(obs.retry_after),),
+        )
+    if isinstance(obs, Rejected):
+        return _rejected(obs, base, now, pauses)
+    assert isinstance(obs, Transient | Garbage)
+    failures = w.failures + 1
+    delay = pollplan.failure_backoff(failures, bounds.min_interval, bounds.max_interval)
+    return PollDecision(
+        PollRecord(
+            **{**base, "failures": failures},
+            next_poll_at=now + pollplan.jittered(delay, pollplan.POLL_JITTER, rand),
+        ),
+        events=(PollFailed(obs.reason, failures),),
+    )
+
+
+def _rejected(obs: Rejected, base: dict[str, Any], now: float, pauses: PauseView) -> PollDecision:
+    key = rejected_key(obs.kind)
+    if obs.kind is not None:
+        reason = f"{obs.kind} conversion refused ({obs.code})"
+    elif obs.code in (401, 403):
+        reason = f"credentials rejected ({obs.code})"
+    else:
+        reason = f"request rejected ({obs.code})"
+    current = pauses.get(key)
+    if current is not None and current.until > now:
+        # Requests that were in flight when the pause began: the same episode, not a reason
+        # to pause longer.
+        return PollDecision(PollRecord(**base, next_poll_at=current.until))
+    rejections = pauses.rejections(key) + 1
+    pause = pollplan.pause_backoff(rejections)
+    until = now + pause
+    return PollDecision(
+        PollRecord(**base, next_poll_at=until),
+        take=TakePause(key, reason, until, obs.kind, rejections),
+        events=(Paused(reason, obs.detail, pause),),
+    )
