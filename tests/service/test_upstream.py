@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -32,8 +31,8 @@ from bridge.upstream import (
     parse_status_body,
     sign,
 )
+from tests.conftest import UPLOADCARE_FIXTURES as FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures" / "uploadcare"
 VECTORS = json.loads((FIXTURES / "signature_vectors.json").read_text())["vectors"]
 RECORDED = json.loads((FIXTURES / "status_responses.json").read_text())
 STATUS_200 = [
