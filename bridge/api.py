@@ -31,6 +31,7 @@ BODY_TIMEOUT = 10.0
 MAX_METADATA = 4 * 1024
 MAX_URL = 2048
 _FIELDS = frozenset({"token", "kind", "callback_url", "metadata"})
+_KIND_MESSAGE = "kind must be " + " or ".join(repr(k) for k in KINDS)
 # \Z, not $: "$" also matches before a trailing newline.
 _JOB_ID = re.compile(r"^job_[0-9a-z]{26}\Z")
 _DIGITS = re.compile(r"^[1-9][0-9]{0,15}\Z")
@@ -238,9 +239,9 @@ async def _validate_registration(request: web.Request, tenant: str, data: Any) -
         if message:
             errors.append({"field": "token", "message": message})
 
-    kind = data.get("kind", "video")
+    kind = data.get("kind", KINDS[0])
     if kind not in KINDS:
-        errors.append({"field": "kind", "message": "kind must be 'video' or 'document'"})
+        errors.append({"field": "kind", "message": _KIND_MESSAGE})
 
     url = data.get("callback_url")
     url_problem = "callback_url is required" if url is None else _callback_url(url)

@@ -108,7 +108,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["token", "callback_url"],
         "properties": {
             "token": _TOKEN_IN,
-            "kind": {"enum": list(KINDS), "default": "video"},
+            "kind": {"enum": list(KINDS), "default": KINDS[0]},
             "callback_url": {
                 "type": "string",
                 "format": "uri",

@@ -81,7 +81,7 @@ _STATUS_VALUES: Final[dict[str, StatusValue]] = {
     "cancelled": "canceled",
 }
 _REJECTED_CODES: Final = frozenset({400, 401, 403, 406})
-_KIND_FEATURE: Final = re.compile(r"\b(video|document)\s+conversion\b", re.IGNORECASE)
+_KIND_FEATURE: Final = re.compile(rf"\b({'|'.join(KINDS)})\s+conversion\b", re.IGNORECASE)
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]+")
 _RETRY_AFTER_SECONDS: Final = re.compile(r"\d+(?:\.\d+)?")
 
@@ -226,12 +226,9 @@ def _error_detail(body: bytes, secret: str) -> str:
 
 
 def _kind_named(detail: str) -> Kind | None:
-    kinds = {m.lower() for m in _KIND_FEATURE.findall(detail)}
-    if kinds == {"video"}:
-        return "video"
-    if kinds == {"document"}:
-        return "document"
-    return None
+    named = {m.lower() for m in _KIND_FEATURE.findall(detail)}
+    # Exactly one kind named: that kind's feature is off. None or several: the request's.
+    return next((k for k in KINDS if named == {k}), None)
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
