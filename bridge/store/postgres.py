@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -46,6 +45,7 @@ from bridge.model import (
     callback_body,
     new_job_id,
 )
+from bridge.store import queries
 from bridge.store.base import Conflict, StoreError, first_delivery, job_from_row, same_metadata
 
 if TYPE_CHECKING:
@@ -152,12 +152,7 @@ lease_until = CASE WHEN lease_owner = {owner} OR {ended} THEN NULL ELSE lease_un
 
 def migrations() -> list[tuple[int, str]]:
     """The numbered schema scripts, in order."""
-    folder = resources.files("bridge.store").joinpath("sql", "postgres")
-    out = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            out.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(out)
+    return queries.migrations("postgres")
 
 
 def quote_ident(name: str) -> str:

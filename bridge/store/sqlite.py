@@ -15,7 +15,6 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -37,6 +36,7 @@ from bridge.model import (
     callback_body,
     new_job_id,
 )
+from bridge.store import queries
 from bridge.store.base import Conflict, StoreError, first_delivery, job_from_row, same_metadata
 
 T = TypeVar("T")
@@ -68,12 +68,7 @@ _JOB_SELECT = f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN watches w ON w.id = j.wat
 
 def migrations() -> list[tuple[int, str]]:
     """The numbered schema scripts, in order."""
-    folder = resources.files("bridge.store").joinpath("sql", "sqlite")
-    out = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            out.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(out)
+    return queries.migrations("sqlite")
 
 
 class FileLock:
