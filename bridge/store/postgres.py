@@ -46,7 +46,8 @@ from bridge.model import (
     new_job_id,
 )
 from bridge.store import queries
-from bridge.store.base import Conflict, StoreError, first_delivery, job_from_row, same_metadata
+from bridge.store.base import Conflict, StoreError
+from bridge.store.rules import first_delivery, job_from_row, same_metadata
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
