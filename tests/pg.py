@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.store.postgres import PostgresStore, quote_ident
+from bridge.store.postgres_driver import PostgresStore, quote_ident
 
 POSTGRES_URL = os.environ.get("BRIDGE_TEST_POSTGRES_URL", "")
 needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="BRIDGE_TEST_POSTGRES_URL is not set")

@@ -14,11 +14,11 @@ async def open_store(db: Database, *, exclusive: bool = True, migrate: bool = Tr
     PostgreSQL serves any number of processes, so ``exclusive`` means nothing there.
     """
     if db.scheme == "sqlite":
-        from bridge.store.sqlite import SQLiteStore
+        from bridge.store.sqlite_driver import SQLiteStore
 
         return await SQLiteStore.open(db.path, exclusive=exclusive, migrate=migrate)
     if db.scheme == "postgresql":  # postgresql:// and postgres:// URLs alike
-        from bridge.store.postgres import PostgresStore
+        from bridge.store.postgres_driver import PostgresStore
 
         return await PostgresStore.open(db.dsn, migrate=migrate)
     raise StoreError(f"BRIDGE_DATABASE_URL: unsupported database {db}")

@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from bridge.model import (
-    TRACKING,
-    Attempt,
-    DeliveryWork,
-    Job,
-    NewJob,
-    PollRecord,
-    Recorded,
-    WatchWork,
-    canonical_json,
-)
+from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
 
 
 class StoreError(Exception):
@@ -166,57 +155,3 @@ def decode_cursor(cursor: str) -> int:
     if prefix != "v1" or not number.isdigit() or len(number) > 18:
         raise ValueError("not a cursor this server gave out")
     return int(number)
-
-
-def job_from_row(r: Any) -> Job:
-    """A Job from a row of the stores' job query (sqlite3.Row and asyncpg.Record alike)."""
-    # A tracking job sees its watch live; any other keeps what it saw when it stopped tracking.
-    live = r["state"] == TRACKING
-    return Job(
-        id=r["id"],
-        tenant=r["tenant"],
-        kind=r["kind"],
-        token=r["token"],
-        callback_url=r["callback_url"],
-        metadata=r["metadata"],
-        state=r["state"],
-        outcome=r["outcome"],
-        upstream_status=r["w_status"] if live else r["up_status"],
-        upstream_error=r["w_error"] if live else r["up_error"],
-        upstream_result=r["w_result"] if live else r["up_result"],
-        polls=r["w_polls"] - r["polls_base"] if live else r["polls"],
-        last_polled_at=r["w_last_polled_at"] if live else r["last_polled_at"],
-        next_poll_at=r["w_next_poll_at"] if live else None,
-        attempts=r["attempts"],
-        last_attempt_at=r["last_attempt_at"],
-        last_response_status=r["last_response_status"],
-        last_error=r["last_error"],
-        next_attempt_at=r["next_attempt_at"],
-        delivered_at=r["delivered_at"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-        deadline_at=r["deadline_at"],
-    )
-
-
-def same_metadata(stored: str | None, new: str | None) -> bool:
-    """Whether two metadata JSON texts hold the same value (1, 1.0 and true differ)."""
-    if stored is None or new is None:
-        return stored is new
-    return canonical_json(json.loads(stored)) == canonical_json(json.loads(new))
-
-
-def first_delivery(row: Any, body: bytes, at: float) -> DeliveryWork:
-    """A job's first callback attempt, handed to the poll that recorded its outcome at ``at``."""
-    return DeliveryWork(
-        row["id"],
-        row["tenant"],
-        row["kind"],
-        row["token"],
-        row["callback_url"],
-        body,
-        row["attempts"],
-        0,
-        at,
-        at,
-    )

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bridge import pollplan
-from bridge.store.sqlite import SQLiteStore
+from bridge.store.sqlite_driver import SQLiteStore
 from tests.conftest import ALPHA, BETA
 from tests.harness import bridge, fake_upstream, job, receiver, register, wait_state
 

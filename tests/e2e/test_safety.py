@@ -493,7 +493,7 @@ async def postgres_database(password: str) -> AsyncIterator[str]:
 
 def _postgres_param() -> Any:
     try:
-        import bridge.store.postgres  # noqa: F401
+        import bridge.store.postgres_driver  # noqa: F401
     except ImportError:
         return pytest.param("postgres", marks=pytest.mark.skip(reason="no PostgreSQL store"))
     return pytest.param(

@@ -3,7 +3,7 @@
 -- NULL on watches made before this column: their created_at stands in.
 ALTER TABLE watches ADD COLUMN armed_at double precision;
 
--- How long conversions of each kind take, for the poll plan (bridge/policy.py): a
+-- How long conversions of each kind take, for the poll plan (bridge/pollplan.py): a
 -- histogram over log-spaced buckets of seconds from arming to the finish, fed in the
 -- same transaction as the poll that sees a conversion end.
 CREATE TABLE durations (

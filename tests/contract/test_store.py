@@ -26,13 +26,20 @@ from bridge.model import (
 )
 from bridge.settings import Database
 from bridge.store import Conflict, Store, StoreError, open_store
-from bridge.store.postgres import PostgresStore
-from bridge.store.postgres import migrations as pg_migrations
-from bridge.store.sqlite import SQLiteStore
-from bridge.store.sqlite import migrations as sqlite_migrations
+from bridge.store.postgres_driver import PostgresStore
+from bridge.store.queries import migrations
+from bridge.store.sqlite_driver import SQLiteStore
 from tests import pg
 
 T0 = 1_800_000_000.0
+
+
+def pg_migrations() -> list[tuple[int, str]]:
+    return migrations("postgres")
+
+
+def sqlite_migrations() -> list[tuple[int, str]]:
+    return migrations("sqlite")
 
 
 @pytest.fixture(params=["sqlite", pg.POSTGRES])
@@ -715,7 +722,7 @@ async def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import asyncio, sys, time\n"
-            "from bridge.store.sqlite import SQLiteStore\n"
+            "from bridge.store.sqlite_driver import SQLiteStore\n"
             f"asyncio.run(SQLiteStore.open({str(path)!r}))\n"
             "print('locked', flush=True)\n"
             "time.sleep(60)\n",

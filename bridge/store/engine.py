@@ -1,0 +1,162 @@
+"""The Store, once: each verb's program handed to the engine's driver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from bridge import model
+from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
+from bridge.store import verbs
+from bridge.store.queries import Program
+
+T = TypeVar("T")
+
+
+class Driver(Protocol):
+    async def run(self, program: Callable[[], Program[T]], *, tx: bool = True) -> T:
+        """Run a fresh ``program()`` to its end; in one transaction unless ``tx`` is False
+        (a single statement is its own)."""
+
+    async def ping(self) -> None: ...
+
+    async def migrate(self) -> int: ...
+
+    async def listen(self, channel: str, callback: Callable[[], None]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class DatabaseStore:
+    """The Store protocol (base.Store) on any driver."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    async def close(self) -> None:
+        await self.driver.close()
+
+    async def migrate(self) -> int:
+        return await self.driver.migrate()
+
+    async def ping(self) -> None:
+        await self.driver.ping()
+
+    async def register(
+        self, new: NewJob, *, now: float, first_poll_at: float, deadline_at: float
+    ) -> tuple[Job, bool]:
+        job_id = model.new_job_id(now)
+        return await self.driver.run(
+            lambda: verbs.register(new, job_id, now, first_poll_at, deadline_at)
+        )
+
+    async def get_job(self, tenant: str, job_id: str) -> Job | None:
+        return await self.driver.run(lambda: verbs.get_job(tenant, job_id), tx=False)
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        token: int | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> tuple[list[Job], int | None]:
+        return await self.driver.run(
+            lambda: verbs.list_jobs(tenant, state, kind, token, limit, before), tx=False
+        )
+
+    async def cancel(self, tenant: str, job_id: str, *, now: float) -> tuple[Job, bool] | None:
+        return await self.driver.run(lambda: verbs.cancel(tenant, job_id, now))
+
+    async def redeliver(self, tenant: str, job_id: str, *, now: float) -> Job | None:
+        return await self.driver.run(lambda: verbs.redeliver(tenant, job_id, now))
+
+    async def attempts(self, tenant: str, job_id: str) -> list[Attempt] | None:
+        return await self.driver.run(lambda: verbs.attempts(tenant, job_id))
+
+    async def signing_secret(self, tenant: str, *, generate: Callable[[], str], now: float) -> str:
+        candidate = generate()
+        return await self.driver.run(lambda: verbs.signing_secret(tenant, candidate, now))
+
+    async def count_by_state(self) -> dict[str, int]:
+        return await self.driver.run(verbs.count_by_state, tx=False)
+
+    async def purge_ended(self, *, before: float, batch: int = 500) -> int:
+        total = 0
+        # Small transactions, so registrations are never held behind a long delete.
+        while True:
+            n, more = await self.driver.run(lambda: verbs.purge_batch(before, batch))
+            total += n
+            if not more:
+                return total
+
+    # -- the scheduler's verbs -------------------------------------------------------------
+
+    async def claim_due_watches(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease: float,
+        limit: int,
+        skip_kinds: tuple[str, ...] = (),
+    ) -> list[WatchWork]:
+        return await self.driver.run(
+            lambda: verbs.claim_due_watches(owner, now, lease, limit, skip_kinds), tx=False
+        )
+
+    async def record_poll(
+        self, watch_id: int, owner: str, record: PollRecord, *, lease: float = 0, deliver: int = 0
+    ) -> list[Recorded]:
+        return await self.driver.run(
+            lambda: verbs.record_poll(watch_id, owner, record, lease, deliver)
+        )
+
+    async def expire_due(self, *, now: float) -> list[Recorded]:
+        return await self.driver.run(lambda: verbs.expire_due(now))
+
+    async def claim_due_deliveries(
+        self, owner: str, *, now: float, lease: float, limit: int
+    ) -> list[DeliveryWork]:
+        return await self.driver.run(
+            lambda: verbs.claim_due_deliveries(owner, now, lease, limit), tx=False
+        )
+
+    async def record_attempt(
+        self,
+        job_id: str,
+        owner: str,
+        attempt: Attempt,
+        *,
+        next_state: str,
+        next_attempt_at: float | None,
+    ) -> bool:
+        return await self.driver.run(
+            lambda: verbs.record_attempt(job_id, owner, attempt, next_state, next_attempt_at)
+        )
+
+    async def durations(self) -> dict[str, list[tuple[int, float]]]:
+        return await self.driver.run(verbs.durations, tx=False)
+
+    async def scale_durations(self, kind: str, factor: float) -> None:
+        await self.driver.run(lambda: verbs.scale_durations(kind, factor), tx=False)
+
+    async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None:
+        await self.driver.run(lambda: verbs.set_pause(key, reason, until, kind))
+
+    async def pauses(self) -> list[tuple[str, str, float, str | None]]:
+        return await self.driver.run(verbs.pauses, tx=False)
+
+    async def listen_pauses(self, callback: Callable[[], None]) -> None:
+        await self.driver.listen(verbs.PAUSE_CHANNEL, callback)
+
+    async def backlog(self, *, now: float) -> dict[str, tuple[int, float | None]]:
+        return await self.driver.run(lambda: verbs.backlog(now), tx=False)
+
+    async def release(self, owner: str) -> None:
+        await self.driver.run(lambda: verbs.release(owner))
+
+    async def next_due(self) -> float | None:
+        return await self.driver.run(verbs.next_due, tx=False)

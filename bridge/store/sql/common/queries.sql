@@ -1,0 +1,188 @@
+-- The statements SQLite and PostgreSQL both run as they are written, by name (see
+-- bridge/store/queries.py). What the dialects do differently (locks, clocks, lists) is in
+-- sql/sqlite/queries.sql and sql/postgres/queries.sql, under the same names in each.
+--
+-- Parameters are :name. A CAST on a parameter tells PostgreSQL its type where nothing
+-- else does; SQLite takes it as it is.
+
+-- name: ping
+SELECT 1;
+
+-- -- registration ------------------------------------------------------------------------
+
+-- name: make_watch
+-- The newcomer's watch, armed for its first poll; nothing if another registration made
+-- it after our look (that one is then read and locked instead). Without RETURNING: the
+-- job's insert finds the watch by (kind, token), and a RETURNING costs SQLite a buffer.
+INSERT INTO watches (kind, token, owner, next_poll_at, created_at, armed_at)
+VALUES (:kind, :token, :tenant, :first_poll_at, :now, :now)
+ON CONFLICT (kind, token) DO NOTHING;
+
+-- name: rearm_watch
+-- The watch had ended: poll again for the newcomer, starting afresh.
+UPDATE watches
+   SET next_poll_at = :next_poll_at, status = NULL, error = NULL, result = NULL,
+       not_found = 0, failures = 0, "interval" = NULL, last_change_at = NULL,
+       last_polled_at = NULL, armed_at = :now
+ WHERE id = :watch_id;
+
+-- name: pull_watch
+-- A live watch: its next poll is the newcomer's first one, no later than promised.
+UPDATE watches SET next_poll_at = :next_poll_at WHERE id = :watch_id;
+
+-- name: registered_job
+SELECT id FROM jobs
+ WHERE tenant = :tenant AND kind = :kind AND token = :token
+   AND callback_url = :callback_url AND state <> 'canceled';
+
+-- name: insert_job
+-- Nothing when a duplicate committed despite the watch lock: the registration then
+-- decides against that one. (SQLite needs the WHERE to read ON CONFLICT as an upsert.)
+INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, metadata, state,
+                  polls_base, created_at, updated_at, deadline_at)
+SELECT :job_id, :tenant, id, kind, token, :callback_url, :metadata, 'tracking',
+       polls, :now, :now, :deadline_at
+  FROM watches WHERE kind = :kind AND token = :token
+ON CONFLICT (tenant, kind, token, callback_url) WHERE state <> 'canceled' DO NOTHING;
+
+-- -- reading jobs --------------------------------------------------------------------------
+
+-- name: job_by_id
+-- A job with the watch columns a tracking job shows live (rules.job_from_row).
+SELECT j.*, w.status AS w_status, w.error AS w_error, w.result AS w_result,
+       w.polls AS w_polls, w.last_polled_at AS w_last_polled_at, w.next_poll_at AS w_next_poll_at
+  FROM jobs j JOIN watches w ON w.id = j.watch_id
+ WHERE j.id = :job_id AND j.tenant = :tenant;
+
+-- name: list_jobs
+-- Newest first, a page at a time. An absent filter matches all; the cursor is a range on
+-- the (tenant, seq) index with or without one, so the index serves every page.
+SELECT j.*, w.status AS w_status, w.error AS w_error, w.result AS w_result,
+       w.polls AS w_polls, w.last_polled_at AS w_last_polled_at, w.next_poll_at AS w_next_poll_at
+  FROM jobs j JOIN watches w ON w.id = j.watch_id
+ WHERE j.tenant = :tenant
+   AND (CAST(:state AS text) IS NULL OR j.state = :state)
+   AND (CAST(:kind AS text) IS NULL OR j.kind = :kind)
+   AND (CAST(:token AS bigint) IS NULL OR j.token = :token)
+   AND j.seq < coalesce(CAST(:before AS bigint), 9223372036854775807)
+ ORDER BY j.seq DESC
+ LIMIT :limit;
+
+-- name: job_watch
+SELECT watch_id FROM jobs WHERE id = :job_id AND tenant = :tenant;
+
+-- name: attempts
+SELECT n, at, duration_ms, response_status, error FROM attempts WHERE job_id = :job_id ORDER BY n;
+
+-- name: count_by_state
+SELECT state, count(*) FROM jobs GROUP BY state;
+
+-- -- the API's changes ---------------------------------------------------------------------
+
+-- name: cancel_job
+-- Freezes what the job saw; its lease (if a callback was in flight) goes with it.
+UPDATE jobs
+   SET state = 'canceled', up_status = :up_status, up_error = :up_error,
+       up_result = :up_result, polls = :polls, last_polled_at = :last_polled_at,
+       next_attempt_at = NULL, ended_at = :now, updated_at = :now,
+       lease_owner = NULL, lease_until = NULL
+ WHERE id = :job_id;
+
+-- name: redeliver_job
+UPDATE jobs
+   SET state = 'delivering', next_attempt_at = :now, delivered_at = NULL, round_attempts = 0,
+       ended_at = NULL, updated_at = :now
+ WHERE id = :job_id;
+
+-- name: offer_secret
+INSERT INTO signing_secrets (tenant, secret, created_at) VALUES (:tenant, :secret, :now)
+ON CONFLICT (tenant) DO NOTHING;
+
+-- name: secret
+SELECT secret FROM signing_secrets WHERE tenant = :tenant;
+
+-- name: ended_jobs
+SELECT id, watch_id FROM jobs WHERE ended_at < :before ORDER BY ended_at LIMIT :batch;
+
+-- -- polls ---------------------------------------------------------------------------------
+
+-- name: learn_duration
+INSERT INTO durations (kind, bucket, weight) VALUES (:kind, :bucket, :weight)
+ON CONFLICT (kind, bucket) DO UPDATE SET weight = durations.weight + excluded.weight;
+
+-- name: tracked
+SELECT EXISTS (SELECT 1 FROM jobs WHERE watch_id = :watch_id AND state = 'tracking');
+
+-- name: record_watch
+-- A lease is given back by the owner that holds it, or when the work stops being live
+-- (:ended). A replica recording late, after its lease ran out and another took the work
+-- over, must not end the other's lease on work still live. Leases therefore only ever
+-- sit on live work (a polled watch, a delivering job), which keeps release on the small
+-- partial indexes and lets a claim, which changes no indexed column, be a HOT update.
+UPDATE watches
+   SET status = :status, error = :error, result = :result, polls = :polls,
+       not_found = :not_found, failures = :failures, "interval" = :interval,
+       last_polled_at = :last_polled_at, last_change_at = :last_change_at,
+       next_poll_at = :next_poll_at,
+       lease_owner = CASE WHEN lease_owner = :owner OR :ended THEN NULL ELSE lease_owner END,
+       lease_until = CASE WHEN lease_owner = :owner OR :ended THEN NULL ELSE lease_until END
+ WHERE id = :watch_id;
+
+-- name: expiring_watches
+SELECT DISTINCT watch_id FROM jobs
+ WHERE state = 'tracking' AND deadline_at <= :now
+ ORDER BY watch_id;
+
+-- -- callbacks -----------------------------------------------------------------------------
+
+-- name: insert_attempt
+-- A retried record of the same attempt replaces it.
+INSERT INTO attempts (job_id, n, at, duration_ms, response_status, error)
+VALUES (:job_id, :n, :at, :duration_ms, :response_status, :error)
+ON CONFLICT (job_id, n) DO UPDATE
+   SET at = excluded.at, duration_ms = excluded.duration_ms,
+       response_status = excluded.response_status, error = excluded.error;
+
+-- name: attempt_job
+-- The lease goes back as in record_watch: to its owner, or when no attempt follows.
+UPDATE jobs
+   SET attempts = :attempts, round_attempts = round_attempts + 1, last_attempt_at = :at,
+       last_response_status = :response_status, last_error = :error,
+       updated_at = :finished_at, state = :state, next_attempt_at = :next_attempt_at,
+       delivered_at = :delivered_at, ended_at = :ended_at,
+       lease_owner = CASE WHEN lease_owner = :owner OR :ended THEN NULL ELSE lease_owner END,
+       lease_until = CASE WHEN lease_owner = :owner OR :ended THEN NULL ELSE lease_until END
+ WHERE id = :job_id;
+
+-- -- learned durations and pauses ----------------------------------------------------------
+
+-- name: durations
+SELECT kind, bucket, weight FROM durations ORDER BY kind, bucket;
+
+-- name: scale_durations
+UPDATE durations SET weight = weight * :factor WHERE kind = :kind;
+
+-- name: store_pause
+-- A pause never shortens one already stored under its key.
+INSERT INTO pauses (key, reason, until, kind) VALUES (:key, :reason, :until, :kind)
+ON CONFLICT (key) DO UPDATE
+   SET reason = excluded.reason, kind = excluded.kind,
+       until = CASE WHEN pauses.until > excluded.until THEN pauses.until ELSE excluded.until END;
+
+-- name: delete_pause
+DELETE FROM pauses WHERE key = :key;
+
+-- name: pauses
+SELECT key, reason, until, kind FROM pauses ORDER BY key;
+
+-- -- leases --------------------------------------------------------------------------------
+
+-- name: release_watches
+-- Leases sit only on live work (see record_watch): the partial indexes of the claims find
+-- them without reading the whole tables.
+UPDATE watches SET lease_owner = NULL, lease_until = NULL
+ WHERE lease_owner = :owner AND next_poll_at IS NOT NULL;
+
+-- name: release_jobs
+UPDATE jobs SET lease_owner = NULL, lease_until = NULL
+ WHERE lease_owner = :owner AND state = 'delivering';

@@ -1,0 +1,172 @@
+-- PostgreSQL's own statements, under the same names as sql/sqlite/queries.sql.
+--
+-- Every verb runs in one READ COMMITTED transaction. Writers that touch a watch and its
+-- jobs lock the watch row first, then the jobs (bridge/store/verbs.py): the lock_*
+-- statements and FOR UPDATE reads below are how.
+--
+-- The database's clock, in the application's unit, is
+--     extract(epoch FROM statement_timestamp())::float8
+-- Leases are set and compared on it, so replicas whose clocks disagree still agree on
+-- who holds what; due-ness compares with the :now the caller passes (the application
+-- clock that computed the due times). statement_timestamp() rather than
+-- clock_timestamp(): it is stable, one instant for the whole statement, so a claim's
+-- filter and the lease it sets read the same clock once (and the planner may treat it as
+-- a constant); a claim is one statement, so it is the moment the claim ran.
+--
+-- A list parameter is an array (= ANY, <> ALL).
+
+-- -- locks: watch first, then jobs ---------------------------------------------------------
+
+-- name: watch_by_token
+-- The (kind, token) watch, locked: serializes every registration of it.
+SELECT id, owner, next_poll_at FROM watches WHERE kind = :kind AND token = :token FOR UPDATE;
+
+-- name: lock_watches
+SELECT 1 FROM watches WHERE id = ANY(:watch_ids::bigint[]) ORDER BY id FOR UPDATE;
+
+-- name: lock_job
+SELECT 1 FROM jobs WHERE id = :job_id AND tenant = :tenant FOR UPDATE;
+
+-- name: watch_for_poll
+SELECT * FROM watches WHERE id = :watch_id FOR UPDATE;
+
+-- name: outcome_jobs
+-- The jobs a poll decides: those registered before its request went out. Locked and
+-- re-checked: a job canceled meanwhile keeps its cancellation.
+SELECT id, tenant, kind, token, callback_url, metadata, polls_base, attempts FROM jobs
+ WHERE watch_id = :watch_id AND state = 'tracking' AND created_at <= :started_at
+ ORDER BY seq FOR UPDATE;
+
+-- name: expiring_jobs
+-- Re-read under the watch locks: another replica may have expired them first.
+SELECT j.id, j.kind, j.token, j.metadata, j.polls_base,
+       w.status, w.error, w.result, w.polls, w.last_polled_at
+  FROM jobs j JOIN watches w ON w.id = j.watch_id
+ WHERE j.state = 'tracking' AND j.deadline_at <= :now AND j.watch_id = ANY(:watch_ids::bigint[])
+ ORDER BY j.seq FOR UPDATE OF j;
+
+-- name: job_for_attempt
+SELECT state, attempts, next_attempt_at, delivered_at, ended_at FROM jobs
+ WHERE id = :job_id FOR UPDATE;
+
+-- -- writes on lists -----------------------------------------------------------------------
+
+-- name: idle_watches
+-- A watch nobody tracks any more stops being polled, and its lease goes.
+UPDATE watches SET next_poll_at = NULL, lease_owner = NULL, lease_until = NULL
+ WHERE id = ANY(:watch_ids::bigint[])
+   AND NOT EXISTS (SELECT 1 FROM jobs t WHERE t.watch_id = watches.id AND t.state = 'tracking');
+
+-- name: delete_jobs
+-- Attempts go with their job (ON DELETE CASCADE).
+DELETE FROM jobs WHERE id = ANY(:job_ids::text[]) AND ended_at < :before RETURNING id;
+
+-- name: delete_watches
+DELETE FROM watches
+ WHERE id = ANY(:watch_ids::bigint[]) AND next_poll_at IS NULL
+   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.watch_id = watches.id);
+
+-- -- claims and leases: the database's clock -----------------------------------------------
+
+-- name: claim_watches
+-- One statement: concurrent claimers never wait for each other nor take the same row.
+-- "= ANY (ARRAY(...))" rather than a join: a generic plan (asyncpg prepares statements)
+-- cannot tell that LIMIT is small and would hash-join against a scan of the table.
+WITH due AS (
+    SELECT id FROM watches
+     WHERE next_poll_at <= :now
+       AND (lease_until IS NULL OR lease_until < extract(epoch FROM statement_timestamp())::float8)
+       AND kind <> ALL(:skip_kinds::text[])
+     ORDER BY next_poll_at
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE watches w
+       SET lease_owner = :owner,
+           lease_until = extract(epoch FROM statement_timestamp())::float8 + :lease::float8
+     WHERE w.id = ANY (ARRAY(SELECT id FROM due))
+    RETURNING w.id, w.kind, w.token, w.next_poll_at, w.status, w."interval", w.not_found,
+              w.failures, coalesce(w.armed_at, w.created_at), w.last_polled_at
+)
+SELECT * FROM claimed ORDER BY next_poll_at, id;
+
+-- name: claim_deliveries
+-- As claim_watches, for callbacks.
+WITH due AS (
+    SELECT seq FROM jobs
+     WHERE state = 'delivering' AND next_attempt_at <= :now
+       AND (lease_until IS NULL OR lease_until < extract(epoch FROM statement_timestamp())::float8)
+     ORDER BY next_attempt_at
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs j
+       SET lease_owner = :owner,
+           lease_until = extract(epoch FROM statement_timestamp())::float8 + :lease::float8
+     WHERE j.seq = ANY (ARRAY(SELECT seq FROM due))
+    RETURNING j.seq, j.id, j.tenant, j.kind, j.token, j.callback_url, j.body, j.attempts,
+              j.round_attempts, j.outcome_at, j.next_attempt_at
+)
+SELECT * FROM claimed ORDER BY next_attempt_at, seq;
+
+-- name: hand_outcome
+-- A tracking job gets its outcome (a poll's, or expiry's); with :lease_owner its first
+-- callback comes leased to the recorder, who starts it at once.
+UPDATE jobs
+   SET state = 'delivering', outcome = :outcome, up_status = :up_status,
+       up_error = :up_error, up_result = :up_result, polls = :polls,
+       last_polled_at = :last_polled_at, outcome_at = :at, body = :body,
+       next_attempt_at = :at, round_attempts = 0, updated_at = :at, lease_owner = :lease_owner,
+       lease_until = extract(epoch FROM statement_timestamp())::float8 + :lease::float8
+ WHERE id = :job_id;
+
+-- name: backlog
+-- The claims' conditions, counted: due by the caller's clock, unleased by the database's.
+SELECT p.n, p.oldest, d.n, d.oldest
+  FROM (SELECT count(*) AS n, min(next_poll_at) AS oldest FROM watches
+         WHERE next_poll_at <= :now
+           AND (lease_until IS NULL
+                OR lease_until < extract(epoch FROM statement_timestamp())::float8)) AS p,
+       (SELECT count(*) AS n, min(next_attempt_at) AS oldest FROM jobs
+         WHERE state = 'delivering' AND next_attempt_at <= :now
+           AND (lease_until IS NULL
+                OR lease_until < extract(epoch FROM statement_timestamp())::float8)) AS d;
+
+-- name: next_due
+-- Work under a live lease is another worker's; a lease that ran out (its holder died)
+-- makes the work due again, as the claims see it.
+SELECT least(
+    (SELECT min(next_poll_at) FROM watches
+      WHERE next_poll_at IS NOT NULL
+        AND (lease_until IS NULL
+             OR lease_until < extract(epoch FROM statement_timestamp())::float8)),
+    (SELECT min(next_attempt_at) FROM jobs
+      WHERE state = 'delivering'
+        AND (lease_until IS NULL
+             OR lease_until < extract(epoch FROM statement_timestamp())::float8)),
+    (SELECT min(deadline_at) FROM jobs WHERE state = 'tracking'));
+
+-- -- the driver's own ----------------------------------------------------------------------
+
+-- name: notify
+-- Delivered at commit, to every replica listening.
+SELECT pg_notify(:channel, :payload);
+
+-- name: schema_lock
+-- IF NOT EXISTS alone still races in the catalog when replicas start together.
+SELECT pg_advisory_xact_lock(hashtextextended('uploadcare-bridge:schema:' || :schema, 0));
+
+-- name: migrate_lock
+SELECT pg_advisory_xact_lock(
+    hashtextextended('uploadcare-bridge:migrate:' || coalesce(current_schema(), ''), 0));
+
+-- name: schema_version_table
+CREATE TABLE IF NOT EXISTS schema_version (
+    version integer PRIMARY KEY, applied_at double precision NOT NULL);
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM schema_version;
+
+-- name: record_version
+INSERT INTO schema_version (version, applied_at)
+VALUES (:version, extract(epoch FROM statement_timestamp())::float8);

@@ -1,0 +1,123 @@
+-- SQLite's own statements, under the same names as sql/postgres/queries.sql.
+--
+-- Every writing verb runs in a BEGIN IMMEDIATE transaction (or a savepoint of a group
+-- commit): the whole file is locked for it, so the lock_* statements need no locks of
+-- their own and the reads that follow them are current. Leases are set and compared on
+-- the application's clock (:now), the only clock one process has. A list parameter comes
+-- in as JSON text, read with json_each().
+
+-- -- locks: the transaction holds the file already ----------------------------------------
+
+-- name: watch_by_token
+SELECT id, owner, next_poll_at FROM watches WHERE kind = :kind AND token = :token;
+
+-- name: lock_watches
+SELECT 1 FROM watches WHERE id IN (SELECT value FROM json_each(:watch_ids));
+
+-- name: lock_job
+SELECT 1 FROM jobs WHERE id = :job_id AND tenant = :tenant;
+
+-- name: watch_for_poll
+SELECT * FROM watches WHERE id = :watch_id;
+
+-- name: outcome_jobs
+-- The jobs a poll decides: those registered before its request went out.
+SELECT id, tenant, kind, token, callback_url, metadata, polls_base, attempts FROM jobs
+ WHERE watch_id = :watch_id AND state = 'tracking' AND created_at <= :started_at
+ ORDER BY seq;
+
+-- name: expiring_jobs
+SELECT j.id, j.kind, j.token, j.metadata, j.polls_base,
+       w.status, w.error, w.result, w.polls, w.last_polled_at
+  FROM jobs j JOIN watches w ON w.id = j.watch_id
+ WHERE j.state = 'tracking' AND j.deadline_at <= :now
+   AND j.watch_id IN (SELECT value FROM json_each(:watch_ids))
+ ORDER BY j.seq;
+
+-- name: job_for_attempt
+SELECT state, attempts, next_attempt_at, delivered_at, ended_at FROM jobs WHERE id = :job_id;
+
+-- -- writes on lists -----------------------------------------------------------------------
+
+-- name: idle_watches
+-- A watch nobody tracks any more stops being polled, and its lease goes.
+UPDATE watches SET next_poll_at = NULL, lease_owner = NULL, lease_until = NULL
+ WHERE id IN (SELECT value FROM json_each(:watch_ids))
+   AND NOT EXISTS (SELECT 1 FROM jobs t WHERE t.watch_id = watches.id AND t.state = 'tracking');
+
+-- name: delete_jobs
+DELETE FROM jobs
+ WHERE id IN (SELECT value FROM json_each(:job_ids)) AND ended_at < :before
+RETURNING id;
+
+-- name: delete_watches
+DELETE FROM watches
+ WHERE id IN (SELECT value FROM json_each(:watch_ids)) AND next_poll_at IS NULL
+   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.watch_id = watches.id);
+
+-- -- claims and leases: the application's clock --------------------------------------------
+
+-- name: claim_watches
+-- One statement: the due watches, earliest first, leased. RETURNING keeps no order: the
+-- program sorts what it gets.
+UPDATE watches SET lease_owner = :owner, lease_until = :now + :lease
+ WHERE id IN (
+       SELECT id FROM watches
+        WHERE next_poll_at <= :now AND (lease_until IS NULL OR lease_until < :now)
+          AND kind NOT IN (SELECT value FROM json_each(:skip_kinds))
+        ORDER BY next_poll_at
+        LIMIT :limit)
+RETURNING id, kind, token, next_poll_at, status, "interval", not_found, failures,
+          coalesce(armed_at, created_at), last_polled_at;
+
+-- name: claim_deliveries
+UPDATE jobs SET lease_owner = :owner, lease_until = :now + :lease
+ WHERE seq IN (
+       SELECT seq FROM jobs
+        WHERE state = 'delivering' AND next_attempt_at <= :now
+          AND (lease_until IS NULL OR lease_until < :now)
+        ORDER BY next_attempt_at
+        LIMIT :limit)
+RETURNING seq, id, tenant, kind, token, callback_url, body, attempts, round_attempts,
+          outcome_at, next_attempt_at;
+
+-- name: hand_outcome
+-- A tracking job gets its outcome (a poll's, or expiry's); with :lease_owner its first
+-- callback comes leased to the recorder, who starts it at once.
+UPDATE jobs
+   SET state = 'delivering', outcome = :outcome, up_status = :up_status,
+       up_error = :up_error, up_result = :up_result, polls = :polls,
+       last_polled_at = :last_polled_at, outcome_at = :at, body = :body,
+       next_attempt_at = :at, round_attempts = 0, updated_at = :at,
+       lease_owner = :lease_owner, lease_until = :at + :lease
+ WHERE id = :job_id;
+
+-- name: backlog
+-- Work due and not started: the claims' conditions, counted.
+SELECT p.n, p.oldest, d.n, d.oldest
+  FROM (SELECT count(*) AS n, min(next_poll_at) AS oldest FROM watches
+         WHERE next_poll_at <= :now AND (lease_until IS NULL OR lease_until < :now)) AS p,
+       (SELECT count(*) AS n, min(next_attempt_at) AS oldest FROM jobs
+         WHERE state = 'delivering' AND next_attempt_at <= :now
+           AND (lease_until IS NULL OR lease_until < :now)) AS d;
+
+-- name: next_due
+-- Leased work aside: this process holds every lease in the file and gives each back when
+-- its work is recorded (or at the next start), so nothing leased falls due meanwhile.
+SELECT min(t) FROM (
+       SELECT min(next_poll_at) AS t FROM watches
+        WHERE next_poll_at IS NOT NULL AND lease_until IS NULL
+       UNION ALL
+       SELECT min(next_attempt_at) FROM jobs WHERE state = 'delivering' AND lease_until IS NULL
+       UNION ALL
+       SELECT min(deadline_at) FROM jobs WHERE state = 'tracking') AS due;
+
+-- -- the driver's own ----------------------------------------------------------------------
+
+-- name: forget_watch_leases
+-- At an exclusive open: this process holds the file alone, so any lease in it belonged to
+-- one that died.
+UPDATE watches SET lease_owner = NULL, lease_until = NULL;
+
+-- name: forget_job_leases
+UPDATE jobs SET lease_owner = NULL, lease_until = NULL;

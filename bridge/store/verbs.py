@@ -1,0 +1,272 @@
+"""Every store verb, written once as a program for any driver.
+
+A program is a generator: it yields queries by name (``queries.Op``), is sent each one's
+result, and returns the verb's result. The SQLite driver runs it to the end on its own
+thread inside one transaction; the PostgreSQL driver awaits each query inside one, and
+runs it again from the start when the server asks for a retry. So a program decides only
+from what it read, and keeps no state outside itself.
+
+Writers that touch a watch and its jobs lock the watch row first, then the jobs: that
+serializes registration, polls, cancellation, expiry and retention per (kind, token), and
+one lock order keeps them free of deadlocks (SQLite's transaction holds the whole file).
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+
+from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
+from bridge.store import queries as q
+from bridge.store import rules
+from bridge.store.queries import Program
+
+# NOTIFY channel on which a stored pause is announced to every replica.
+PAUSE_CHANNEL = "bridge_pauses"
+
+
+def ping() -> Program[None]:
+    yield q.val("ping")
+
+
+def register(
+    new: NewJob, job_id: str, now: float, first_poll_at: float, deadline_at: float
+) -> Program[tuple[Job, bool]]:
+    p = {"job_id": job_id, "now": now, "first_poll_at": first_poll_at, "deadline_at": deadline_at}
+    p |= {"tenant": new.tenant, "kind": new.kind, "token": new.token}
+    p |= {"callback_url": new.callback_url, "metadata": new.metadata}
+    # The watch row lock serializes every registration of this (kind, token).
+    watch, made = None, 0
+    while watch is None and not made:
+        watch = yield q.row("watch_by_token", **p)
+        if watch is None:
+            # Nothing when another registration made it after our look: read (and lock) theirs.
+            made = yield q.exec("make_watch", **p)
+    # The watch made for this registration is armed already; one it found takes it on.
+    arming = None if watch is None else rules.arm(watch["next_poll_at"], first_poll_at)
+    p["watch_id"] = None if watch is None else watch["id"]
+    while True:
+        existing_id = yield q.val("registered_job", **p)
+        existing = None if existing_id is None else (yield from get_job(new.tenant, existing_id))
+        kept = rules.registration(None if watch is None else watch["owner"], existing, new)
+        if kept is not None:
+            return kept, False
+        if arming is not None:
+            p["next_poll_at"] = arming.next_poll_at
+            yield q.exec("rearm_watch" if arming.afresh else "pull_watch", **p)
+            arming = None
+        if (yield q.exec("insert_job", **p)):
+            break
+        # A duplicate committed despite the watch lock: decide against it, as above.
+    created = yield from get_job(new.tenant, job_id)
+    assert created is not None
+    return created, True
+
+
+def get_job(tenant: str, job_id: str) -> Program[Job | None]:
+    found = yield q.row("job_by_id", tenant=tenant, job_id=job_id)
+    return rules.job_from_row(found) if found is not None else None
+
+
+def list_jobs(
+    tenant: str,
+    state: str | None,
+    kind: str | None,
+    token: int | None,
+    limit: int,
+    before: int | None,
+) -> Program[tuple[list[Job], int | None]]:
+    found = yield q.rows(
+        "list_jobs",
+        tenant=tenant,
+        state=state,
+        kind=kind,
+        token=token,
+        before=before,
+        limit=limit + 1,
+    )
+    return rules.page(found, limit)
+
+
+def _locked_job(tenant: str, job_id: str) -> Program[Job | None]:
+    """The job, locked for this transaction (its watch, when needed, locked first)."""
+    if (yield q.val("lock_job", tenant=tenant, job_id=job_id)) is None:
+        return None
+    return (yield from get_job(tenant, job_id))
+
+
+def cancel(tenant: str, job_id: str, now: float) -> Program[tuple[Job, bool] | None]:
+    watch_id = yield q.val("job_watch", tenant=tenant, job_id=job_id)
+    if watch_id is None:
+        return None
+    # Watch first, then the job: the lock order of every writer.
+    yield q.exec("lock_watches", watch_ids=[watch_id])
+    job = yield from _locked_job(tenant, job_id)
+    if job is None:
+        return None
+    frozen = rules.cancel(job)
+    if frozen is None:
+        return job, False
+    # Freeze what the job saw, then let the watch go idle if nobody else needs it.
+    yield q.exec("cancel_job", **frozen, job_id=job_id, now=now)
+    yield q.exec("idle_watches", watch_ids=[watch_id])
+    canceled = yield from get_job(tenant, job_id)
+    assert canceled is not None
+    return canceled, True
+
+
+def redeliver(tenant: str, job_id: str, now: float) -> Program[Job | None]:
+    job = yield from _locked_job(tenant, job_id)
+    if job is None:
+        return None
+    rules.redeliver(job)
+    yield q.exec("redeliver_job", job_id=job_id, now=now)
+    return (yield from get_job(tenant, job_id))
+
+
+def attempts(tenant: str, job_id: str) -> Program[list[Attempt] | None]:
+    if (yield q.val("job_watch", tenant=tenant, job_id=job_id)) is None:
+        return None
+    return [Attempt(*r) for r in (yield q.rows("attempts", job_id=job_id))]
+
+
+def signing_secret(tenant: str, candidate: str, now: float) -> Program[str]:
+    # The first replica to insert wins; every other one reads the winner's secret.
+    yield q.exec("offer_secret", tenant=tenant, secret=candidate, now=now)
+    return str((yield q.val("secret", tenant=tenant)))
+
+
+def count_by_state() -> Program[dict[str, int]]:
+    return {r[0]: int(r[1]) for r in (yield q.rows("count_by_state"))}
+
+
+def purge_batch(before: float, batch: int) -> Program[tuple[int, bool]]:
+    """One small transaction of retention: how many jobs went, and whether to go on."""
+    found = yield q.rows("ended_jobs", before=before, batch=batch)
+    if not found:
+        return 0, False
+    watch_ids = sorted({int(r["watch_id"]) for r in found})
+    # Watches first (in id order), then jobs: the lock order of every writer.
+    yield q.exec("lock_watches", watch_ids=watch_ids)
+    # Attempts go with their job (ON DELETE CASCADE). The condition is checked again on
+    # the locked rows: a job redelivered meanwhile stays.
+    deleted = yield q.rows("delete_jobs", job_ids=[r["id"] for r in found], before=before)
+    # A watch nobody refers to any more frees its token for any tenant.
+    yield q.exec("delete_watches", watch_ids=watch_ids)
+    return len(deleted), True
+
+
+# -- the scheduler's verbs -----------------------------------------------------------------
+
+
+def claim_due_watches(
+    owner: str, now: float, lease: float, limit: int, skip_kinds: tuple[str, ...]
+) -> Program[list[WatchWork]]:
+    claimed = yield q.rows(
+        "claim_watches", owner=owner, now=now, lease=lease, limit=limit, skip_kinds=skip_kinds
+    )
+    # Earliest first (RETURNING keeps no order): by due time, then id.
+    return [WatchWork(*r) for r in sorted(claimed, key=itemgetter(3, 0))]
+
+
+def record_poll(
+    watch_id: int, owner: str, rec: PollRecord, lease: float, deliver: int
+) -> Program[list[Recorded]]:
+    # Applied whoever records: a late record from a replica whose lease ran out still
+    # carries a real observation, and an outcome must not be lost.
+    watch = yield q.row("watch_for_poll", watch_id=watch_id)
+    if watch is None:
+        return []
+    seen = rules.seen(watch, rec)
+    if rec.learned:
+        learned = [{"kind": watch["kind"], "bucket": b, "weight": w} for b, w in rec.learned]
+        yield q.many("learn_duration", learned)
+    recorded: list[Recorded] = []
+    if rec.outcome is not None:
+        # Locked and re-checked: a job canceled meanwhile keeps its cancellation.
+        jobs = yield q.rows("outcome_jobs", watch_id=watch_id, started_at=rec.started_at)
+        updates, recorded = rules.outcome(
+            jobs, rec, seen, owner=owner, lease=lease, deliver=deliver
+        )
+        yield q.many("hand_outcome", updates)
+    tracked = bool((yield q.val("tracked", watch_id=watch_id)))
+    after = rules.polled(watch, rec, seen, tracked)
+    yield q.exec("record_watch", **after, owner=owner, watch_id=watch_id)
+    return recorded
+
+
+def expire_due(now: float) -> Program[list[Recorded]]:
+    watch_ids = [int(r[0]) for r in (yield q.rows("expiring_watches", now=now))]
+    if not watch_ids:
+        return []
+    yield q.exec("lock_watches", watch_ids=watch_ids)
+    # Re-read under the locks: another replica may have expired them first.
+    expiring = yield q.rows("expiring_jobs", now=now, watch_ids=watch_ids)
+    if not expiring:
+        return []
+    yield q.many("hand_outcome", [rules.expiry(r, now) for r in expiring])
+    yield q.exec("idle_watches", watch_ids=watch_ids)
+    return [Recorded(r["id"], r["kind"], r["token"], "expired") for r in expiring]
+
+
+def claim_due_deliveries(
+    owner: str, now: float, lease: float, limit: int
+) -> Program[list[DeliveryWork]]:
+    claimed = yield q.rows("claim_deliveries", owner=owner, now=now, lease=lease, limit=limit)
+    # Earliest first (RETURNING keeps no order): by due time, then registration.
+    claimed = sorted(claimed, key=itemgetter("next_attempt_at", "seq"))
+    return [DeliveryWork(*tuple(r)[1:]) for r in claimed]
+
+
+def record_attempt(
+    job_id: str, owner: str, attempt: Attempt, next_state: str, next_attempt_at: float | None
+) -> Program[bool]:
+    # Applied whoever records: an attempt that reached the receiver is a fact, and a
+    # delivered outcome must never be dropped for a lapsed lease.
+    job = yield q.row("job_for_attempt", job_id=job_id)
+    if job is None:  # purged meanwhile
+        return False
+    after, decided = rules.attempted(
+        job, attempt, next_state=next_state, next_attempt_at=next_attempt_at
+    )
+    yield q.exec("insert_attempt", **after, job_id=job_id)
+    yield q.exec("attempt_job", **after, owner=owner, job_id=job_id)
+    return decided
+
+
+def durations() -> Program[dict[str, list[tuple[int, float]]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for kind, bucket, weight in (yield q.rows("durations")):
+        out.setdefault(kind, []).append((bucket, weight))
+    return out
+
+
+def scale_durations(kind: str, factor: float) -> Program[None]:
+    yield q.exec("scale_durations", kind=kind, factor=factor)
+
+
+def set_pause(key: str, reason: str, until: float, kind: str | None) -> Program[None]:
+    if until <= 0:
+        yield q.exec("delete_pause", key=key)
+    else:
+        yield q.exec("store_pause", key=key, reason=reason, until=until, kind=kind)
+    # Delivered at commit: every replica listening adopts the pause within milliseconds.
+    yield q.notify(PAUSE_CHANNEL, key)
+
+
+def pauses() -> Program[list[tuple[str, str, float, str | None]]]:
+    return [(r[0], r[1], float(r[2]), r[3]) for r in (yield q.rows("pauses"))]
+
+
+def backlog(now: float) -> Program[dict[str, tuple[int, float | None]]]:
+    polls, oldest_poll, deliveries, oldest_delivery = yield q.row("backlog", now=now)
+    return {"poll": (int(polls), oldest_poll), "delivery": (int(deliveries), oldest_delivery)}
+
+
+def release(owner: str) -> Program[None]:
+    yield q.exec("release_watches", owner=owner)
+    yield q.exec("release_jobs", owner=owner)
+
+
+def next_due() -> Program[float | None]:
+    due = yield q.val("next_due")
+    return float(due) if due is not None else None
