@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -713,33 +711,6 @@ async def test_one_process_per_file(tmp_path: Path) -> None:
     await first.close()
     again = await SQLiteStore.open(path)
     await again.close()
-
-
-async def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
-    path = tmp_path / "killed.db"
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import asyncio, sys, time\n"
-            "from bridge.store.sqlite_driver import SQLiteStore\n"
-            f"asyncio.run(SQLiteStore.open({str(path)!r}))\n"
-            "print('locked', flush=True)\n"
-            "time.sleep(60)\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as holder:
-        try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            with pytest.raises(StoreError):
-                await SQLiteStore.open(str(path))
-            holder.kill()
-            holder.wait()
-            reopened = await SQLiteStore.open(str(path))
-            await reopened.close()
-        finally:
-            holder.kill()
 
 
 async def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
