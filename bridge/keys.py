@@ -12,7 +12,7 @@ from bridge.netpolicy import NetworkPolicy
 from bridge.pacing import PauseBoard
 from bridge.scheduler import Scheduler
 from bridge.settings import Settings
-from bridge.store.base import Store
+from bridge.store.engine import Store
 from bridge.webhooks import SecretBook
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -40,7 +40,8 @@ from bridge.polldecision import (
 )
 from bridge.pollplan import Plan, add, make_plan, needs_decay
 from bridge.settings import Settings
-from bridge.store.base import Store, StoreError
+from bridge.store.base import StoreError
+from bridge.store.engine import Store
 from bridge.upstream import Observation
 from bridge.webhooks import SecretBook
 

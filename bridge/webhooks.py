@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from bridge.settings import WebhookSecret
-from bridge.store.base import Store
+from bridge.store.engine import Store
 
 
 def generate_secret() -> str:

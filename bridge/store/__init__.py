@@ -1,9 +1,13 @@
-"""Persistence behind one narrow interface; see base.Store."""
+"""Persistence: the Store's verbs (engine.py) on a SQLite or PostgreSQL driver.
+
+docs/architecture.md has the map of this package.
+"""
 
 from __future__ import annotations
 
 from bridge.settings import Database
-from bridge.store.base import Conflict, Store, StoreError
+from bridge.store.base import Conflict, StoreError
+from bridge.store.engine import Store
 
 __all__ = ["Conflict", "Store", "StoreError", "open_store"]
 

@@ -27,10 +27,16 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
 
-class DatabaseStore:
-    """The Store protocol (base.Store) on any driver."""
+class Store:
+    """The store's verbs, on whichever driver it was opened with (``open_store``).
+
+    Each method hands its verb's program (``verbs``) to the driver; the driver is the
+    extension point (``Driver``), not this class.
+    """
 
     def __init__(self, driver: Driver) -> None:
+        """Raise if the database does not answer."""
+        """Apply pending schema migrations; return the schema version."""
         self.driver = driver
 
     async def close(self) -> None:
@@ -45,6 +51,12 @@ class DatabaseStore:
     async def register(
         self, new: NewJob, *, now: float, first_poll_at: float, deadline_at: float
     ) -> tuple[Job, bool]:
+        """Store a registration durably; return the job and whether it is new.
+
+        An existing job for the same tenant, kind, token and callback URL that is not
+        canceled is returned as it is when its metadata is the same, and is a Conflict
+        otherwise; so is a (kind, token) that another tenant registered first.
+        """
         job_id = model.new_job_id(now)
         return await self.driver.run(
             lambda: verbs.register(new, job_id, now, first_poll_at, deadline_at)
@@ -63,20 +75,27 @@ class DatabaseStore:
         limit: int = 100,
         before: int | None = None,
     ) -> tuple[list[Job], int | None]:
+        """Newest first; ``before`` is the cursor a previous page returned."""
         return await self.driver.run(
             lambda: verbs.list_jobs(tenant, state, kind, token, limit, before), tx=False
         )
 
     async def cancel(self, tenant: str, job_id: str, *, now: float) -> tuple[Job, bool] | None:
+        """Stop a tracking or delivering job; return it and whether this call changed it.
+
+        None when unknown; Conflict when it is delivered or undeliverable.
+        """
         return await self.driver.run(lambda: verbs.cancel(tenant, job_id, now))
 
     async def redeliver(self, tenant: str, job_id: str, *, now: float) -> Job | None:
+        """Start a new delivery round of a delivered or undeliverable job."""
         return await self.driver.run(lambda: verbs.redeliver(tenant, job_id, now))
 
     async def attempts(self, tenant: str, job_id: str) -> list[Attempt] | None:
         return await self.driver.run(lambda: verbs.attempts(tenant, job_id))
 
     async def signing_secret(self, tenant: str, *, generate: Callable[[], str], now: float) -> str:
+        """The tenant's generated secret, made with ``generate`` and stored on first use."""
         candidate = generate()
         return await self.driver.run(lambda: verbs.signing_secret(tenant, candidate, now))
 
@@ -84,6 +103,7 @@ class DatabaseStore:
         return await self.driver.run(verbs.count_by_state, tx=False)
 
     async def purge_ended(self, *, before: float, batch: int = 500) -> int:
+        """Delete jobs that ended before ``before``, with their attempts; return how many."""
         total = 0
         # Small transactions, so registrations are never held behind a long delete.
         while True:
@@ -103,6 +123,7 @@ class DatabaseStore:
         limit: int,
         skip_kinds: tuple[str, ...] = (),
     ) -> list[WatchWork]:
+        """Lease up to ``limit`` watches whose poll is due, earliest first."""
         return await self.driver.run(
             lambda: verbs.claim_due_watches(owner, now, lease, limit, skip_kinds), tx=False
         )
@@ -110,16 +131,24 @@ class DatabaseStore:
     async def record_poll(
         self, watch_id: int, owner: str, record: PollRecord, *, lease: float = 0, deliver: int = 0
     ) -> list[Recorded]:
+        """Commit a poll's result; hand an outcome to every job registered before the poll.
+
+        Up to ``deliver`` of those jobs come back with their first callback already leased
+        to ``owner`` for ``lease`` seconds (``Recorded.delivery``), so the recorder can
+        start them at once; the rest wait for ``claim_due_deliveries``.
+        """
         return await self.driver.run(
             lambda: verbs.record_poll(watch_id, owner, record, lease, deliver)
         )
 
     async def expire_due(self, *, now: float) -> list[Recorded]:
+        """Give ``expired`` to every tracking job past its deadline."""
         return await self.driver.run(lambda: verbs.expire_due(now))
 
     async def claim_due_deliveries(
         self, owner: str, *, now: float, lease: float, limit: int
     ) -> list[DeliveryWork]:
+        """Lease up to ``limit`` callbacks whose attempt is due, earliest first."""
         return await self.driver.run(
             lambda: verbs.claim_due_deliveries(owner, now, lease, limit), tx=False
         )
@@ -133,30 +162,43 @@ class DatabaseStore:
         next_state: str,
         next_attempt_at: float | None,
     ) -> bool:
+        """Commit an attempt and what follows; False if the job left ``delivering`` meanwhile."""
         return await self.driver.run(
             lambda: verbs.record_attempt(job_id, owner, attempt, next_state, next_attempt_at)
         )
 
     async def durations(self) -> dict[str, list[tuple[int, float]]]:
+        """The learned duration histogram: per kind, (bucket, weight) pairs."""
         return await self.driver.run(verbs.durations, tx=False)
 
     async def scale_durations(self, kind: str, factor: float) -> None:
+        """Multiply one kind's histogram by ``factor`` (how old history fades)."""
         await self.driver.run(lambda: verbs.scale_durations(kind, factor), tx=False)
 
     async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None:
+        """Record an upstream pause for every process on this database to honour.
+
+        A pause never shortens one already stored under ``key`` unless it has ended;
+        ``until`` 0 ends it.
+        """
         await self.driver.run(lambda: verbs.set_pause(key, reason, until, kind))
 
     async def pauses(self) -> list[tuple[str, str, float, str | None]]:
+        """Every stored pause: (key, reason, until, kind)."""
         return await self.driver.run(verbs.pauses, tx=False)
 
     async def listen_pauses(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever any process stores a pause (no-op for one process)."""
         await self.driver.listen(verbs.PAUSE_CHANNEL, callback)
 
     async def backlog(self, *, now: float) -> dict[str, tuple[int, float | None]]:
+        """Work due and not started, for ``poll`` and ``delivery``: (count, oldest due time)."""
         return await self.driver.run(lambda: verbs.backlog(now), tx=False)
 
     async def release(self, owner: str) -> None:
+        """Give back every lease ``owner`` holds."""
         await self.driver.run(lambda: verbs.release(owner))
 
     async def next_due(self) -> float | None:
+        """When the earliest poll, callback or deadline falls due (leased work aside)."""
         return await self.driver.run(verbs.next_due, tx=False)

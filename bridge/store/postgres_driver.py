@@ -31,7 +31,7 @@ import asyncpg
 from bridge.store import queries as q
 from bridge.store import verbs
 from bridge.store.base import StoreError
-from bridge.store.engine import DatabaseStore
+from bridge.store.engine import Store
 from bridge.store.queries import Op, Program, load, migrations
 
 if TYPE_CHECKING:
@@ -41,7 +41,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-QUERIES = load("postgres")
+
+def dollar(n: int, name: str) -> str:
+    """asyncpg's placeholders: ``$1``, ``$2``, ... in order of first use."""
+    return f"${n}"
+
+
+QUERIES = load("postgres", dollar)
 
 # Failures that mean "the database cannot be used now", shown to callers as StoreError
 # (503 from the API, a logged retry in the scheduler). Anything else is a bug and raises.
@@ -264,7 +270,7 @@ class PostgresDriver:
         raise AssertionError("unreachable")
 
 
-class PostgresStore(DatabaseStore):
+class PostgresStore(Store):
     """The Store on one PostgreSQL database (or one schema of it)."""
 
     def __init__(self, driver: PostgresDriver) -> None:

@@ -2,14 +2,15 @@
 
 The statements live in ``sql/<dialect>/queries.sql`` under ``-- name: <name>`` headers;
 ``sql/common/queries.sql`` holds those that both dialects run as they are written. Every
-statement takes ``:name`` parameters. SQLite binds them from a dict as they stand;
-PostgreSQL gets them rewritten to ``$1..$n`` here, once, at import.
+statement takes ``:name`` parameters. How they are bound is the driver's choice
+(``Placeholder``): SQLite binds them from a dict as they stand; the PostgreSQL driver
+has them rewritten to ``$1..$n`` here, once, at import.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, TypeAlias, TypeVar
@@ -72,7 +73,12 @@ _TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|::|:([A-Za-z_]\w
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
-def _bind(sql: str, positional: bool) -> tuple[str, tuple[str, ...]]:
+# How a driver spells the n-th distinct parameter (1-based) called ``name``; None keeps
+# ``:name`` as written.
+Placeholder: TypeAlias = Callable[[int, str], str] | None
+
+
+def _bind(sql: str, placeholder: Placeholder) -> tuple[str, tuple[str, ...]]:
     names: list[str] = []
 
     def one(m: re.Match[str]) -> str:
@@ -80,19 +86,19 @@ def _bind(sql: str, positional: bool) -> tuple[str, tuple[str, ...]]:
             return m[0]
         if m[1] not in names:
             names.append(m[1])
-        return f"${names.index(m[1]) + 1}" if positional else m[0]
+        return placeholder(names.index(m[1]) + 1, m[1]) if placeholder else m[0]
 
     return _TOKENS.sub(one, sql), tuple(names)
 
 
-def parse(text: str, *, positional: bool) -> dict[str, Query]:
+def parse(text: str, *, placeholder: Placeholder = None) -> dict[str, Query]:
     """The queries in one file: a ``-- name:`` header, then the statement. Whole-line
     comments (the why of each statement) and blank lines stay in the file."""
     parts = _HEADER.split(text)
     out: dict[str, Query] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         lines = [ln for ln in body.splitlines() if ln.strip() and not ln.lstrip().startswith("--")]
-        sql, names = _bind("\n".join(lines).rstrip().rstrip(";"), positional)
+        sql, names = _bind("\n".join(lines).rstrip().rstrip(";"), placeholder)
         if name in out:
             raise ValueError(f"query {name} is defined twice")
         out[name] = Query(name, sql, names)
@@ -103,10 +109,10 @@ def _read(*path: str) -> str:
     return resources.files("bridge.store").joinpath("sql", *path).read_text(encoding="utf-8")
 
 
-def load(dialect: str) -> dict[str, Query]:
+def load(dialect: str, placeholder: Placeholder = None) -> dict[str, Query]:
     """The common queries and the dialect's own; a name may stand in only one of them."""
-    common = parse(_read("common", "queries.sql"), positional=dialect == "postgres")
-    own = parse(_read(dialect, "queries.sql"), positional=dialect == "postgres")
+    common = parse(_read("common", "queries.sql"), placeholder=placeholder)
+    own = parse(_read(dialect, "queries.sql"), placeholder=placeholder)
     if both := common.keys() & own.keys():
         raise ValueError(f"queries both common and {dialect}-specific: {sorted(both)}")
     return common | own

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from bridge.store import verbs
 from bridge.store.base import StoreError
-from bridge.store.engine import DatabaseStore
+from bridge.store.engine import Store
 from bridge.store.queries import Op, Program, load, migrations
 
 T = TypeVar("T")
@@ -310,7 +310,7 @@ class SQLiteDriver:
         conn.execute("COMMIT")
 
 
-class SQLiteStore(DatabaseStore):
+class SQLiteStore(Store):
     """The Store on one SQLite file."""
 
     def __init__(self, driver: SQLiteDriver) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from bridge.store import verbs
+from bridge.store.postgres_driver import dollar
 from bridge.store.queries import load, migrations, parse
 
 SQLITE = load("sqlite")
-POSTGRES = load("postgres")
+POSTGRES = load("postgres", dollar)
 # Statements a driver runs for itself, outside any verb: they have no twin.
 SQLITE_ONLY = {"forget_watch_leases", "forget_job_leases"}  # the exclusive open's reset
 POSTGRES_ONLY = {  # pause announcements, schema creation and migrations for replicas
@@ -65,17 +66,17 @@ def test_postgres_gets_numbered_parameters_in_order_of_first_use() -> None:
     (q,) = parse(
         "-- name: q\n-- the watch's why: a :comment\n"
         "SELECT :b::float8, ':lit', \"col:x\", :a, :b -- :c's\n",
-        positional=True,
+        placeholder=dollar,
     ).values()
     assert q.text == "SELECT $1::float8, ':lit', \"col:x\", $2, $1 -- :c's"
     assert q.params == ("b", "a")
-    (same,) = parse("-- name: q\nSELECT :b, :a, :b;\n", positional=False).values()
+    (same,) = parse("-- name: q\nSELECT :b, :a, :b;\n").values()
     assert (same.text, same.params) == ("SELECT :b, :a, :b", ("b", "a"))
 
 
 def test_a_name_stands_once() -> None:
     with pytest.raises(ValueError, match="twice"):
-        parse("-- name: q\nSELECT 1;\n-- name: q\nSELECT 2;\n", positional=False)
+        parse("-- name: q\nSELECT 1;\n-- name: q\nSELECT 2;\n")
 
 
 def test_migrations_are_the_numbered_scripts_only() -> None:
