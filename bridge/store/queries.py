@@ -10,7 +10,7 @@ has them rewritten to ``$1..$n`` here, once, at import.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, TypeAlias, TypeVar
@@ -30,24 +30,31 @@ Op: TypeAlias = tuple[Shape, str, Any]
 Program: TypeAlias = Generator[Op, Any, T]
 
 
-def rows(name: str, **params: Any) -> Op:
+def rows(name: str, params: Mapping[str, Any] | None = None, /, **more: Any) -> Op:
     """Every row."""
-    return ("rows", name, params)
+    return ("rows", name, _params(params, more))
 
 
-def row(name: str, **params: Any) -> Op:
+def row(name: str, params: Mapping[str, Any] | None = None, /, **more: Any) -> Op:
     """The first row, or None."""
-    return ("row", name, params)
+    return ("row", name, _params(params, more))
 
 
-def val(name: str, **params: Any) -> Op:
+def val(name: str, params: Mapping[str, Any] | None = None, /, **more: Any) -> Op:
     """The first row's first value, or None."""
-    return ("val", name, params)
+    return ("val", name, _params(params, more))
 
 
-def exec(name: str, **params: Any) -> Op:
+def exec(name: str, params: Mapping[str, Any] | None = None, /, **more: Any) -> Op:
     """Run it for its effect; the result is how many rows it touched."""
-    return ("exec", name, params)
+    return ("exec", name, _params(params, more))
+
+
+def _params(params: Mapping[str, Any] | None, more: dict[str, Any]) -> Mapping[str, Any]:
+    # A verb that keeps its parameters in one dict passes it as it is: no copy per query.
+    if params is None:
+        return more
+    return {**params, **more} if more else params
 
 
 def many(name: str, params: list[dict[str, Any]]) -> Op:

@@ -125,15 +125,12 @@ def seen(watch: Row, rec: PollRecord) -> dict[str, Any]:
     }
 
 
-def polled(watch: Row, rec: PollRecord, seen: Mapping[str, Any], tracked: bool) -> dict[str, Any]:
-    """The watch row after the poll, ``tracked`` when a job still tracks it."""
-    if not tracked:
-        next_poll_at = None
-    elif rec.outcome is not None:
-        # Jobs that joined while the deciding poll was in flight get a poll of their own.
-        next_poll_at = rec.polled_at
-    else:
-        next_poll_at = rec.next_poll_at
+def polled(watch: Row, rec: PollRecord, seen: Mapping[str, Any]) -> dict[str, Any]:
+    """The watch row after the poll, while a job still tracks it (``record_watch`` idles
+    a watch nobody tracks: no next poll, and its lease goes, whoever holds it)."""
+    # After an outcome, jobs that joined while the deciding poll was in flight get a poll
+    # of their own, at once.
+    next_poll_at = rec.polled_at if rec.outcome is not None else rec.next_poll_at
     return {
         **seen,
         "not_found": rec.not_found,
@@ -141,7 +138,6 @@ def polled(watch: Row, rec: PollRecord, seen: Mapping[str, Any], tracked: bool) 
         "interval": rec.interval,
         "last_change_at": rec.polled_at if rec.changed else watch["last_change_at"],
         "next_poll_at": next_poll_at,
-        "ended": next_poll_at is None,  # nobody tracks it: its lease goes, whoever holds it
     }
 
 

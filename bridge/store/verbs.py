@@ -37,25 +37,28 @@ def register(
     # The watch row lock serializes every registration of this (kind, token).
     watch, made = None, 0
     while watch is None and not made:
-        watch = yield q.row("watch_by_token", **p)
+        watch = yield q.row("watch_by_token", p)
         if watch is None:
             # Nothing when another registration made it after our look: read (and lock) theirs.
-            made = yield q.exec("make_watch", **p)
+            made = yield q.exec("make_watch", p)
     # The watch made for this registration is armed already; one it found takes it on.
     arming = None if watch is None else rules.arm(watch["next_poll_at"], first_poll_at)
     p["watch_id"] = None if watch is None else watch["id"]
+    # A watch this registration made has no jobs yet: nothing to compare against.
+    look = watch is not None
     while True:
-        existing_id = yield q.val("registered_job", **p)
+        existing_id = (yield q.val("registered_job", p)) if look else None
         existing = None if existing_id is None else (yield from get_job(new.tenant, existing_id))
         kept = rules.registration(None if watch is None else watch["owner"], existing, new)
         if kept is not None:
             return kept, False
         if arming is not None:
             p["next_poll_at"] = arming.next_poll_at
-            yield q.exec("rearm_watch" if arming.afresh else "pull_watch", **p)
+            yield q.exec("rearm_watch" if arming.afresh else "pull_watch", p)
             arming = None
-        if (yield q.exec("insert_job", **p)):
+        if (yield q.exec("insert_job", p)):
             break
+        look = True
         # A duplicate committed despite the watch lock: decide against it, as above.
     created = yield from get_job(new.tenant, job_id)
     assert created is not None
@@ -188,9 +191,9 @@ def record_poll(
             jobs, rec, seen, owner=owner, lease=lease, deliver=deliver
         )
         yield q.many("hand_outcome", updates)
-    tracked = bool((yield q.val("tracked", watch_id=watch_id)))
-    after = rules.polled(watch, rec, seen, tracked)
-    yield q.exec("record_watch", **after, owner=owner, watch_id=watch_id)
+    # With nobody tracking it any more, the statement idles the watch and ends its lease.
+    after = rules.polled(watch, rec, seen)
+    yield q.exec("record_watch", after, owner=owner, watch_id=watch_id)
     return recorded
 
 

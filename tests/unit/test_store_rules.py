@@ -118,26 +118,22 @@ def test_an_answer_replaces_what_the_watch_saw_and_anything_else_keeps_it() -> N
 
 
 @pytest.mark.parametrize(
-    ("outcome", "tracked", "next_poll_at"),
+    ("outcome", "next_poll_at"),
     [
-        (None, True, T0 + 15),  # the record's plan
-        ("finished", True, T0 + 11),  # a job joined during the deciding poll: poll again now
-        ("finished", False, None),  # nobody tracks it: idle
-        (None, False, None),
+        (None, T0 + 15),  # the record's plan
+        ("finished", T0 + 11),  # a job joined during the deciding poll: poll again now
     ],
 )
-def test_when_a_watch_is_polled_next(
-    outcome: str | None, tracked: bool, next_poll_at: float | None
-) -> None:
+def test_when_a_watch_is_polled_next(outcome: str | None, next_poll_at: float) -> None:
+    # While a job still tracks the watch; record_watch idles one nobody tracks (contract tests).
     rec = poll(outcome=outcome)
-    after = rules.polled(WATCH, rec, rules.seen(WATCH, rec), tracked)
-    assert (after["next_poll_at"], after["ended"]) == (next_poll_at, next_poll_at is None)
+    assert rules.polled(WATCH, rec, rules.seen(WATCH, rec))["next_poll_at"] == next_poll_at
 
 
 def test_last_change_moves_only_on_a_change() -> None:
     for changed, expected in ((True, T0 + 11), (False, T0 + 3)):
         rec = poll(changed=changed)
-        assert rules.polled(WATCH, rec, rules.seen(WATCH, rec), True)["last_change_at"] == expected
+        assert rules.polled(WATCH, rec, rules.seen(WATCH, rec))["last_change_at"] == expected
 
 
 def test_an_outcome_goes_to_every_job_and_the_first_come_leased() -> None:

@@ -110,12 +110,9 @@ SELECT id, watch_id FROM jobs WHERE ended_at < :before ORDER BY ended_at LIMIT :
 INSERT INTO durations (kind, bucket, weight) VALUES (:kind, :bucket, :weight)
 ON CONFLICT (kind, bucket) DO UPDATE SET weight = durations.weight + excluded.weight;
 
--- name: tracked
-SELECT EXISTS (SELECT 1 FROM jobs WHERE watch_id = :watch_id AND state = 'tracking');
-
 -- name: record_watch
--- A lease is given back by the owner that holds it, or when the work stops being live
--- (:ended). A replica recording late, after its lease ran out and another took the work
+-- A watch no job tracks any more is idled here: no next poll. A lease is given back by
+-- the owner that holds it, or when the work stops being live (nobody tracks). A replica recording late, after its lease ran out and another took the work
 -- over, must not end the other's lease on work still live. Leases therefore only ever
 -- sit on live work (a polled watch, a delivering job), which keeps release on the small
 -- partial indexes and lets a claim, which changes no indexed column, be a HOT update.
@@ -123,9 +120,15 @@ UPDATE watches
    SET status = :status, error = :error, result = :result, polls = :polls,
        not_found = :not_found, failures = :failures, "interval" = :interval,
        last_polled_at = :last_polled_at, last_change_at = :last_change_at,
-       next_poll_at = :next_poll_at,
-       lease_owner = CASE WHEN lease_owner = :owner OR :ended THEN NULL ELSE lease_owner END,
-       lease_until = CASE WHEN lease_owner = :owner OR :ended THEN NULL ELSE lease_until END
+       next_poll_at = CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE watch_id = :watch_id
+                                                       AND state = 'tracking')
+                           THEN CAST(:next_poll_at AS double precision) END,
+       lease_owner = CASE WHEN lease_owner = :owner OR NOT EXISTS (
+                              SELECT 1 FROM jobs WHERE watch_id = :watch_id AND state = 'tracking')
+                          THEN NULL ELSE lease_owner END,
+       lease_until = CASE WHEN lease_owner = :owner OR NOT EXISTS (
+                              SELECT 1 FROM jobs WHERE watch_id = :watch_id AND state = 'tracking')
+                          THEN NULL ELSE lease_until END
  WHERE id = :watch_id;
 
 -- name: expiring_watches
