@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohappyeyeballs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -50,6 +53,32 @@ def _fast_tiers_start_no_process(
     monkeypatch.setattr(subprocess, "Popen", refuse)
     monkeypatch.setattr(asyncio, "create_subprocess_exec", refuse)
     monkeypatch.setattr(asyncio, "create_subprocess_shell", refuse)
+
+
+@pytest.fixture(autouse=True)
+def dialled(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
+    """Every (address, port) aiohttp dials in this test's process; off loopback is refused.
+
+    Tests reach loopback only. A dial elsewhere fails like an unreachable network, so the
+    code under test sees an ordinary connection error, and the test then fails here.
+    """
+    seen: list[tuple[str, int]] = []
+    real = aiohappyeyeballs.start_connection
+
+    async def guarded(addr_infos: Sequence[Any], **kwargs: Any) -> socket.socket:
+        for info in addr_infos:
+            host, port = str(info[4][0]), int(info[4][1])
+            seen.append((host, port))
+            if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+                raise OSError(f"test guard: refused to dial {host}")
+        return await real(addr_infos, **kwargs)
+
+    monkeypatch.setattr(aiohappyeyeballs, "start_connection", guarded)
+    yield seen
+    off_loopback = [
+        (h, p) for h, p in seen if not ipaddress.ip_address(h.split("%")[0]).is_loopback
+    ]
+    assert not off_loopback, f"the bridge tried to leave loopback: {off_loopback}"
 
 
 class FakeClock:

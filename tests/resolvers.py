@@ -28,17 +28,22 @@ class StaticResolver(AbstractResolver):
         else:
             turn = sum(1 for call in self.calls if call == name) - 1
             addrs = list(answers[min(turn, len(answers) - 1)])
-        return [
-            ResolveResult(
-                hostname=host,
-                host=addr,
-                port=port,
-                family=socket.AF_INET6 if ":" in addr else socket.AF_INET,
-                proto=socket.IPPROTO_TCP,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for addr in addrs
-        ]
+        return resolve_results(host, port, addrs)
 
     async def close(self) -> None:
         pass
+
+
+def resolve_results(host: str, port: int, addrs: Sequence[str]) -> list[ResolveResult]:
+    """What a resolver hands aiohttp for ``host``: one numeric result per address."""
+    return [
+        ResolveResult(
+            hostname=host,
+            host=addr,
+            port=port,
+            family=socket.AF_INET6 if ":" in addr else socket.AF_INET,
+            proto=socket.IPPROTO_TCP,
+            flags=socket.AI_NUMERICHOST,
+        )
+        for addr in addrs
+    ]

