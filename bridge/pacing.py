@@ -218,11 +218,8 @@ class RateLimiter:
 
     async def _window_allows(self, pause_left: Callable[[], float]) -> bool:
         """Wait until the last second's sends leave room; False if a pause began meanwhile."""
-        while len(self._sent) == self._sent.maxlen:
-            wait = self._sent[0] + self.WINDOW - self._clock()
-            if wait <= 0:
-                break
-            await self._sleep(wait)
+        while self._window_full(now := self._clock()):
+            await self._sleep(self._sent[0] + self.WINDOW - now)
             if pause_left() > 0:
                 return False
         return True

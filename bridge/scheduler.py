@@ -73,9 +73,9 @@ class StatusSource(Protocol):
     async def status(self, kind: Kind, token: int) -> Observation: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepReport:
-    """What one ``run_once`` did."""
+    """What one ``run_once`` did: counted while it runs, read once it returns."""
 
     expired: int = 0  # jobs that reached their deadline
     polled: int = 0  # polls whose request went out
@@ -92,26 +92,11 @@ class StepReport:
 @dataclass(slots=True, eq=False)
 class _Step:
     """One look at the store: the work it started (and the callbacks its polls handed off),
-    and counts of what came of it. The loop takes one per tick and reads none of it."""
+    and what came of it. The loop takes one per tick and reads none of it."""
 
     stepping: bool = False  # run_once: never wait on a clock, give back what would
     tasks: set[asyncio.Task[None]] = field(default_factory=set)  # not yet done
-    expired: int = 0
-    polled: int = 0
-    deferred: int = 0
-    outcomes: int = 0
-    attempted: int = 0
-    delivered: int = 0
-
-    def report(self) -> StepReport:
-        return StepReport(
-            self.expired,
-            self.polled,
-            self.deferred,
-            self.outcomes,
-            self.attempted,
-            self.delivered,
-        )
+    done: StepReport = field(default_factory=StepReport)
 
 
 class Scheduler:
@@ -190,17 +175,17 @@ class Scheduler:
             raise RuntimeError("run_once() steps a scheduler whose loop is not running")
         step = _Step(stepping=True)
         if self._stopping:
-            return step.report()
+            return step.done
         await self._look(self.clock(), step)
         while step.tasks:
             await asyncio.wait(set(step.tasks))
-        if step.deferred:
+        if step.done.deferred:
             self._give_back = True
         if self._give_back and not self._polls and not self._deliveries:
             # Only once nothing is in flight: release gives back every lease this owner holds.
             self._give_back = False
             await self.store.release(self.owner)
-        return step.report()
+        return step.done
 
     def wake(self, due: float | None = None) -> None:
         """Look at the store now; with ``due``, only if the loop would look later than that.
@@ -293,7 +278,7 @@ class Scheduler:
             self._next_expiry = now + EXPIRY_EVERY
             await self.pauses.adopt(self.store, now)
             expired = await self.store.expire_due(now=now)
-            step.expired += len(expired)
+            step.done.expired += len(expired)
             self._outcomes(expired)
         if now >= self._next_plan:
             self._next_plan = now + PLAN_EVERY
@@ -379,7 +364,7 @@ class Scheduler:
                 if not step.stepping:
                     await self.limiter.acquire(lambda: self.pauses.left(w.kind))
                 elif not self.limiter.try_acquire(lambda: self.pauses.left(w.kind)):
-                    step.deferred += 1
+                    step.done.deferred += 1
                     return  # not started: run_once gives its lease back
                 if self._stopping:
                     return  # not started: given back with the leases when the stop ends
@@ -390,7 +375,7 @@ class Scheduler:
                     log.info("poll_lease_lapsed", kind=w.kind, token=w.token)
                     return
                 started = self.clock()
-                step.polled += 1
+                step.done.polled += 1
                 self.metrics.scheduler_lag.observe(max(0.0, started - w.due_at))
                 observation = await self.upstream.status(w.kind, w.token)  # type: ignore[arg-type]
             now = self.clock()
@@ -402,7 +387,7 @@ class Scheduler:
             return
         finally:
             self._started.discard(asyncio.current_task())
-        step.outcomes += len(recorded)
+        step.done.outcomes += len(recorded)
         self._outcomes(recorded)
         for r in recorded:
             # Once a stop began, nothing new starts: the lease goes back with the others.
@@ -499,7 +484,7 @@ class Scheduler:
         res = await self.deliverer.attempt(
             d.callback_url, d.body, model.webhook_id(d.job_id), secrets
         )
-        step.attempted += 1
+        step.done.attempted += 1
         self.metrics.callback_attempts.labels(res.result).inc()
         self.metrics.callback_duration.observe(res.duration)
         state, next_at = self._after_attempt(d, res)
@@ -517,7 +502,7 @@ class Scheduler:
             log.info("callback_attempt_after_cancel", n=attempt.n, result=res.result, **kw)
             return
         if state == model.DELIVERED:
-            step.delivered += 1
+            step.done.delivered += 1
             self.metrics.deliveries.labels("delivered").inc()
             finished = res.started_at + res.duration
             self.metrics.notification_latency.observe(max(0.0, finished - d.outcome_at))
