@@ -412,9 +412,15 @@ class NetworkPolicy:
         host = url.raw_host
         if not host:
             raise PolicyBlockedError("no host to judge")
+        self.vet_literal(host)
+
+    def vet_literal(self, host: str) -> IPAddress | None:
+        """The address ``host`` spells, if it is an IP literal in any spelling (None for a
+        name); :class:`PolicyBlockedError` if that address is refused."""
         literal = parse_ip_literal(host)
         if literal is not None and not self.allows(literal):
             raise PolicyBlockedError(f"refused literal address {literal}")
+        return literal
 
     async def middleware(
         self, req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
@@ -491,10 +497,8 @@ class PolicyResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        literal = parse_ip_literal(host)
+        literal = self._policy.vet_literal(host)
         if literal is not None:
-            if not self._policy.allows(literal):
-                raise PolicyBlockedError(f"refused literal address {literal}")
             own = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
             if family not in (socket.AF_UNSPEC, own):
                 raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
