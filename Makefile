@@ -25,7 +25,7 @@ run: install
 # The PostgreSQL tests run against BRIDGE_TEST_POSTGRES_URL; where it is unset, against this
 # machine's server when one answers on 127.0.0.1:5432 (they skip otherwise; CI refuses to).
 PG_TEST_URL := postgresql://postgres@127.0.0.1:5432/test
-export BRIDGE_TEST_POSTGRES_URL ?= $(shell pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && echo $(PG_TEST_URL))
+test test-fast: export BRIDGE_TEST_POSTGRES_URL ?= $(shell pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && echo $(PG_TEST_URL))
 
 # Every tier: unit, contract, service, e2e (processes, wall clock) and ops (deploy, docs, bench).
 test: install
