@@ -42,7 +42,7 @@ from bridge.pollplan import Plan, add, make_plan, needs_decay
 from bridge.settings import Settings
 from bridge.store.base import StoreError
 from bridge.store.engine import Store
-from bridge.upstream import Observation
+from bridge.upstream import Observation, known_status
 from bridge.webhooks import SecretBook
 
 log = structlog.get_logger("bridge.scheduler")
@@ -145,6 +145,7 @@ class Scheduler:
         self.plans: dict[str, Plan | None] = {}
         self.bounds = PollBounds(settings.poll_min_interval, settings.poll_max_interval)
         self._notices: set[asyncio.Task[None]] = set()
+        self._unknown_seen: set[str] = set()  # statuses Uploadcare added, warned about once
         self._started: set[asyncio.Task[None] | None] = set()  # polls whose request went out
         # Delivery slots promised to polls recording an outcome right now (see _poll).
         self._reserved = 0
@@ -439,6 +440,9 @@ class Scheduler:
             log.debug(
                 "upstream_status_changed", status=event.status, previous=event.previous, **log_kw
             )
+            if not known_status(event.status) and event.status not in self._unknown_seen:
+                self._unknown_seen.add(event.status)
+                log.warning("upstream_status_unknown", status=event.status, **log_kw)
         elif isinstance(event, Resumed):
             log.info("upstream_resumed", pause=event.key)
         elif isinstance(event, NotFoundSeen):

@@ -49,11 +49,14 @@ __all__ = [
     "Transient",
     "UpstreamClient",
     "parse_retry_after",
+    "known_status",
     "parse_status_body",
     "sign",
 ]
 
-StatusValue: TypeAlias = Literal["pending", "processing", "finished", "failed", "canceled"]
+# The statuses this contract knows; Uploadcare may add others (``queued``), which are kept
+# as given and tracked like ``processing``.
+StatusValue: TypeAlias = str
 AuthScheme: TypeAlias = Literal["signed", "simple"]
 RequestHook: TypeAlias = Callable[[str, float], None]
 
@@ -71,7 +74,7 @@ RETRY_ATTEMPTS: Final = 3  # the first try and at most two retries
 RETRY_START: Final = 0.05  # ExponentialRetry waits start * 2**n: 0.1 s, then 0.2 s
 RETRY_MAX_WAIT: Final = 0.2
 
-_STATUS_VALUES: Final[dict[str, StatusValue]] = {
+_STATUS_VALUES: Final[dict[str, str]] = {
     "pending": "pending",
     "processing": "processing",
     "finished": "finished",
@@ -80,6 +83,8 @@ _STATUS_VALUES: Final[dict[str, StatusValue]] = {
     # The API's schema spells it this way while its prose says "canceled".
     "cancelled": "canceled",
 }
+# What a status Uploadcare adds may look like: a short word. Anything else is not a status.
+_STATUS_WORD: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 _REJECTED_CODES: Final = frozenset({400, 401, 403, 406})
 _KIND_FEATURE: Final = re.compile(rf"\b({'|'.join(KINDS)})\s+conversion\b", re.IGNORECASE)
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]+")
@@ -93,7 +98,11 @@ _log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """A well-formed 200: the conversion's status (``cancelled`` read as ``canceled``)."""
+    """A well-formed 200: the conversion's status (``cancelled`` read as ``canceled``).
+
+    A status this contract does not know (``known`` False) is not an error: the watch keeps
+    tracking and shows it, and the poll plan's growth rule paces it.
+    """
 
     status: StatusValue
     error: str | None
@@ -102,6 +111,10 @@ class Status:
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def known(self) -> bool:
+        return known_status(self.status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,15 +206,20 @@ def parse_status_body(body: bytes) -> Status | Garbage:
     if not isinstance(data, dict):
         return Garbage("body is not a JSON object")
     raw_status = data.get("status")
-    if not isinstance(raw_status, str) or raw_status not in _STATUS_VALUES:
-        return Garbage("unknown or missing status")
+    if not isinstance(raw_status, str) or not _STATUS_WORD.fullmatch(raw_status):
+        return Garbage("missing or malformed status")
     error = data.get("error")
     if error is not None and not isinstance(error, str):
         return Garbage("error is not a string or null")
     result = data.get("result")
     if result is not None and not isinstance(result, dict):
         return Garbage("result is not an object or null")
-    return Status(status=_STATUS_VALUES[raw_status], error=error, result=result)
+    return Status(status=_STATUS_VALUES.get(raw_status, raw_status), error=error, result=result)
+
+
+def known_status(status: str) -> bool:
+    """Whether ``status`` is one this contract names (after reading ``cancelled``)."""
+    return status in _STATUS_VALUES.values()
 
 
 def _redact(text: str, secret: str) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
 
 from bridge import settings as settings_mod
 from bridge.app import open_scheduler
@@ -479,6 +480,16 @@ async def test_stop_gives_back_a_poll_cut_short(tmp_path: Path) -> None:
         assert (report.polled, report.outcomes) == (1, 0)
         assert (await r.step()).idle  # a stopped scheduler takes no more work
         assert (await r.job(j.id)).state == "tracking"
+        unknown = [e for e in logs if e["event"] == "upstream_status_unknown"]
+        assert unknown == [
+            {
+                "event": "upstream_status_unknown",
+                "status": "queued",
+                "kind": "video",
+                "token": token,
+                "log_level": "warning",
+            }
+        ]
 
         # Its lease was given back: another process takes the watch at once, not after it.
         async with r.scheduler() as other:
@@ -518,3 +529,41 @@ async def test_stop_starts_no_callback_and_leaves_it_due(tmp_path: Path) -> None
             taken = await r.step(other)
         assert (taken.polled, taken.attempted, taken.delivered) == (0, 2, 2)
         assert sorted(c.path for c in r.rec.calls) == ["/stop/0", "/stop/1"]
+
+
+# -- what Uploadcare may add ----------------------------------------------------------------
+
+
+async def test_a_status_uploadcare_adds_is_tracked_by_the_growth_rule(tmp_path: Path) -> None:
+    """A status this contract does not know (a future ``queued``) is no error: the job keeps
+    tracking, shows it, and is polled by the growth rule (not backed off as garbage)."""
+    async with rig(tmp_path) as r:
+        t0 = r.clock()
+        token = r.fake.add_job("video", outcome="finished", duration=1000)
+        j = await r.register(token, "/queued")
+        queued = {"status": "queued", "error": None, "result": {"uuid": "out-1"}}
+        r.fake.respond_next(200, body=queued, times=3)
+
+        with capture_logs() as logs:
+            assert (await r.at(1.0, t0)).polled == 1
+        seen = await r.job(j.id)
+        assert (seen.state, seen.upstream_status) == ("tracking", "queued")
+        assert json.loads(seen.upstream_result or "null") == {"uuid": "out-1"}
+        # The growth rule: the minimum interval first (garbage would back off to 4 s) ...
+        assert seen.next_poll_at == t0 + 1.0 + 2.0
+        assert (await r.at(3.0, t0)).polled == 1
+        # ... then longer while the status stays the same.
+        second = (await r.job(j.id)).next_poll_at
+        assert second is not None and second > t0 + 3.0 + 2.0
+        assert metric(r, "bridge_upstream_requests_total", code="200") == 2.0
+        assert (await r.job(j.id)).state == "tracking"
+        unknown = [e for e in logs if e["event"] == "upstream_status_unknown"]
+        assert unknown == [
+            {
+                "event": "upstream_status_unknown",
+                "status": "queued",
+                "kind": "video",
+                "token": token,
+                "log_level": "warning",
+            }
+        ]
