@@ -18,7 +18,7 @@ from bridge.delivery import USER_AGENT, Deliverer, callback_session
 from bridge.logs import redactor
 from bridge.metrics import Metrics
 from bridge.netpolicy import NetworkPolicy
-from bridge.pacing import PauseBoard, RateLimiter
+from bridge.pacing import PauseBoard, RateLimiter, retry_gate
 from bridge.scheduler import Scheduler
 from bridge.settings import Settings
 from bridge.store import Store, open_store
@@ -117,7 +117,7 @@ async def open_scheduler(
             timeout=settings.upstream_timeout,
             user_agent=USER_AGENT,
             on_request=on_request,
-            before_retry=limiter.acquire,
+            before_retry=retry_gate(pauses, limiter),
         )
         yield Scheduler(
             settings=settings,

@@ -223,3 +223,17 @@ class RateLimiter:
             if pause_left() > 0:
                 return False
         return True
+
+
+def retry_gate(pauses: PauseBoard, limiter: RateLimiter) -> Callable[[str], Awaitable[bool]]:
+    """What an in-request retry of a ``kind`` poll waits for (``UpstreamClient``'s
+    ``before_retry``): False under a pause, even one taken while the first try was failing
+    (the watch is tried again after it instead); else True once a rate slot is taken."""
+
+    async def gate(kind: str) -> bool:
+        if pauses.left(kind) > 0:
+            return False
+        await limiter.acquire(lambda: pauses.left(kind))
+        return True
+
+    return gate

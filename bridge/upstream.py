@@ -43,6 +43,7 @@ __all__ = [
     "Observation",
     "Rejected",
     "RequestHook",
+    "RetryGate",
     "Status",
     "StatusValue",
     "Throttled",
@@ -59,6 +60,8 @@ __all__ = [
 StatusValue: TypeAlias = str
 AuthScheme: TypeAlias = Literal["signed", "simple"]
 RequestHook: TypeAlias = Callable[[str, float], None]
+# Awaited before an in-request retry of ``kind``: False withholds the retry (a pause began).
+RetryGate: TypeAlias = Callable[[Kind], Awaitable[bool]]
 
 ACCEPT: Final = "application/vnd.uploadcare-v0.7+json"
 SIGNED_CONTENT_TYPE: Final = "application/json"
@@ -279,13 +282,18 @@ class _ConnectionFailed(aiohttp.ClientConnectionError):
         self.cause_name = type(cause).__name__
 
 
+class _RetryWithheld(aiohttp.ClientError):
+    """The retry gate said no (a 429 or rejection pause began): nothing more goes out."""
+
+
 class _Attempts:
     """Reports every HTTP request of one ``status`` call to the hook, exactly once each."""
 
     def __init__(
-        self, hook: RequestHook | None, before_retry: Callable[[], Awaitable[None]] | None = None
+        self, hook: RequestHook | None, kind: Kind, before_retry: RetryGate | None = None
     ) -> None:
         self._hook = hook
+        self._kind = kind
         self._before_retry = before_retry
         self._sent = 0
         self._open_since: float | None = None
@@ -296,8 +304,11 @@ class _Attempts:
     ) -> aiohttp.ClientResponse:
         self._sent += 1
         if self._sent > 1 and self._before_retry is not None:
-            # A retry is a request like any other: it waits for its rate slot too.
-            await self._before_retry()
+            # A retry is a request like any other: it waits for its rate slot too, and a
+            # pause taken since the first try (a 429 or a rejection seen by another poll)
+            # stops it: the scheduler tries the watch again later, after the pause.
+            if not await self._before_retry(self._kind):
+                raise _RetryWithheld("retry withheld by a pause")
         self._open_since = time.monotonic()
         try:
             return await handler(request)
@@ -340,9 +351,10 @@ class UpstreamClient:
     lease longer than it always outlasts the call. ``on_request(code, seconds)`` is called
     once for every HTTP request actually sent, retries included; ``code`` is the HTTP
     status as a string, ``"timeout"`` or ``"error"``. A request abandoned because the
-    caller cancelled ``status`` is not reported. ``before_retry()`` is awaited before each
-    in-request retry (the caller's rate limiter), so retries count against the same budget
-    as first tries. The session must have no ``base_url``
+    caller cancelled ``status`` is not reported. ``before_retry(kind)`` is awaited before
+    each in-request retry (the caller's rate limiter and pauses), so retries count against
+    the same budget as first tries; when it answers False the retry is not sent and the
+    call reports the failure that led to it. The session must have no ``base_url``
     and no ``raise_for_status``; it is shared and never closed here.
     """
 
@@ -371,7 +383,7 @@ class UpstreamClient:
         timeout: float = 10.0,
         user_agent: str,
         on_request: RequestHook | None = None,
-        before_retry: Callable[[], Awaitable[None]] | None = None,
+        before_retry: RetryGate | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         if auth not in ("signed", "simple"):
@@ -426,7 +438,7 @@ class UpstreamClient:
         if isinstance(token, bool) or not isinstance(token, int) or token < 1:
             raise ValueError("token must be a positive integer")
         url = URL(f"{self._base_url}/convert/{kind}/status/{token}/")
-        attempts = _Attempts(self._on_request, self._before_retry)
+        attempts = _Attempts(self._on_request, kind, self._before_retry)
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._send(url, attempts)
@@ -439,6 +451,8 @@ class UpstreamClient:
             return Transient(attempts.last_failure or "timeout")
         except _ConnectionFailed as exc:
             return Transient(f"connection error: {exc.cause_name}")
+        except _RetryWithheld:
+            return Transient(attempts.last_failure or "connection error")
         except aiohttp.ClientError as exc:
             attempts.finish("error")
             return Transient(f"connection error: {type(exc).__name__}")

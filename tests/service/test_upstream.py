@@ -394,6 +394,24 @@ async def test_reset_every_time_gives_up_after_two_retries(
     assert harness.codes == ["error", "error", "error"]
 
 
+async def test_a_retry_the_gate_withholds_is_not_sent(
+    harness: Harness, scripted: StartScript
+) -> None:
+    # A pause began while the first try was failing: the retry stays home, and the call
+    # reports the failure that led to it (the scheduler tries again after the pause).
+    asked: list[str] = []
+
+    async def paused(kind: str) -> bool:
+        asked.append(kind)
+        return False
+
+    script = await scripted(Answer(action="reset"))
+    got = await harness.client(script.url, before_retry=paused).status("document", 5)
+    assert got == Transient("connection error: ServerDisconnectedError")
+    assert len(script.seen) == 1 and harness.codes == ["error"]
+    assert asked == ["document"]
+
+
 async def test_connection_refused(harness: Harness) -> None:
     with socket.socket() as sock:  # a loopback port nobody listens on
         sock.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.pacing import Pause, PauseBoard, TakePause
+from bridge.pacing import Pause, PauseBoard, RateLimiter, TakePause, retry_gate
 from bridge.settings import Database
 from bridge.store import Store, open_store
 
@@ -111,3 +111,17 @@ async def test_adopt_never_shortens_nor_lifts_a_pause_taken_here(store: Store) -
     await store.set_pause("throttled", "", 0, None)
     await there.adopt(store, T0 + 1)
     assert there.get("throttled") == Pause("throttled (429)", T0 + 30)
+
+
+async def test_the_retry_gate_withholds_retries_under_a_pause() -> None:
+    clock = Clock()
+    board = PauseBoard(clock)
+    limiter = RateLimiter(20, clock=clock)
+    gate = retry_gate(board, limiter)
+    assert await gate("video") is True  # no pause: a rate slot, and the retry goes
+    board.take(THROTTLED)  # a 429 seen by another poll while this one's first try failed
+    assert await gate("video") is False and await gate("document") is False
+    board.lift("throttled")
+    board.take(TakePause("rejected:video", "video conversion rejected (400)", T0 + 5, "video", 1))
+    assert await gate("video") is False
+    assert await gate("document") is True  # the pause holds one kind only
