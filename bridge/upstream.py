@@ -49,8 +49,8 @@ __all__ = [
     "Throttled",
     "Transient",
     "UpstreamClient",
-    "parse_retry_after",
     "known_status",
+    "parse_retry_after",
     "parse_status_body",
     "sign",
 ]
@@ -303,12 +303,15 @@ class _Attempts:
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
         self._sent += 1
-        if self._sent > 1 and self._before_retry is not None:
-            # A retry is a request like any other: it waits for its rate slot too, and a
-            # pause taken since the first try (a 429 or a rejection seen by another poll)
-            # stops it: the scheduler tries the watch again later, after the pause.
-            if not await self._before_retry(self._kind):
-                raise _RetryWithheld("retry withheld by a pause")
+        # A retry is a request like any other: it waits for its rate slot too, and a pause
+        # taken since the first try (a 429 or a rejection seen by another poll) stops it:
+        # the scheduler tries the watch again later, after the pause.
+        if (
+            self._sent > 1
+            and self._before_retry is not None
+            and not await self._before_retry(self._kind)
+        ):
+            raise _RetryWithheld("retry withheld by a pause")
         self._open_since = time.monotonic()
         try:
             return await handler(request)
