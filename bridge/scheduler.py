@@ -139,6 +139,7 @@ class Scheduler:
         self._sleeping_until = 0.0  # when the idle loop will look again by itself
         self._short_of_slots = False  # the last look left due work for lack of free slots
         self._stopping = False
+        self._stop_began: float | None = None  # monotonic, when the stop began
         self._loop_task: asyncio.Task[None] | None = None
         self._next_expiry = 0.0
         self._next_plan = 0.0
@@ -203,13 +204,22 @@ class Scheduler:
             self._in_flight[job_id] = True
 
     def stop_claiming(self) -> None:
-        """The first step of a shutdown: take no new work; what is in flight goes on."""
+        """The first step of a shutdown: take no new work; what is in flight goes on.
+
+        The grace ``stop`` gives counts from the first call of this, so that the time the
+        server spends draining API requests in between is not given twice.
+        """
+        if self._stop_began is None:
+            self._stop_began = self.monotonic()
         self._stopping = True
         self._wake.set()
 
     async def stop(self, grace: float) -> None:
-        """Stop claiming, give in-flight work ``grace`` seconds, then give back leases."""
+        """Stop claiming, give in-flight work what is left of ``grace`` seconds since the
+        stop began, then give back leases."""
         self.stop_claiming()
+        assert self._stop_began is not None
+        grace = max(0.0, grace - (self.monotonic() - self._stop_began))
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task

@@ -91,6 +91,44 @@ async def test_sigterm_lets_in_flight_callbacks_finish(tmp_path: Path) -> None:
         assert events[-1] == "stopped"
 
 
+async def test_sigterm_gives_the_grace_once_when_an_api_request_hangs(tmp_path: Path) -> None:
+    """An API request that never completes (a body trickling in) holds aiohttp's drain,
+    which used to come on top of the scheduler's grace: the whole stop now fits in the
+    grace plus a second (here with a callback hung at the receiver as well)."""
+    grace = 3.0
+    async with fake_upstream() as up, receiver() as rec:
+        rec.delay = 60.0
+        env = env_for(
+            tmp_path,
+            up.url,
+            BRIDGE_SHUTDOWN_GRACE=f"{grace:g}s",
+            BRIDGE_CALLBACK_TIMEOUT="30s",
+            BRIDGE_LEASE="60s",
+        )
+        bridge = await BridgeProcess(["serve"], env).start()
+        await register_all(
+            bridge.url, [(up.fake.add_job("video", duration=0.05), rec.url + "/hung")]
+        )
+        await rec.wait_for(lambda: len(rec.calls) == 1, timeout=30)
+        host, port = bridge.url.removeprefix("http://").rsplit(":", 1)
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            (
+                "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {ALPHA}\r\nContent-Length: 200\r\n\r\n{{"
+            ).encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler is now waiting for the rest of the body
+        started = time.monotonic()
+        assert await bridge.stop(signal.SIGTERM) == 0
+        took = time.monotonic() - started
+        writer.close()
+        # Grace plus one second by contract; before, the drain and the grace added up (6 s).
+        assert took < grace + 1.5, took
+        assert "shutdown_cut_work_short" in [e["event"] for e in bridge.events()]
+
+
 async def test_sigterm_cuts_work_that_outlasts_the_grace(tmp_path: Path) -> None:
     async with fake_upstream() as up, receiver() as rec:
         rec.delay = 10.0

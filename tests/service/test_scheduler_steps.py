@@ -521,6 +521,27 @@ async def test_stop_starts_no_callback_and_leaves_it_due(tmp_path: Path) -> None
         assert sorted(c.path for c in r.rec.calls) == ["/stop/0", "/stop/1"]
 
 
+async def test_the_stop_grace_counts_from_when_the_stop_began(tmp_path: Path) -> None:
+    """SIGTERM: the server drains API requests after the scheduler stops claiming, then
+    stops the scheduler. The grace is counted once, from the start of the stop: time spent
+    draining is not given again (the whole stop fits in the grace plus a second)."""
+    async with rig(tmp_path) as r:
+        token = r.fake.add_job("video", outcome="finished", duration=0.5)
+        await r.register(token, "/slow")
+        r.rec.delay = 3600.0  # the receiver never answers within the test
+        r.clock.advance(1.0)
+        step = asyncio.create_task(r.sched.run_once())
+        await r.rec.wait_for(lambda: len(r.rec.calls) == 1, timeout=STUCK)
+
+        r.sched.stop_claiming()
+        r.clock.advance(60.0)  # the server's drain took the whole grace
+        with capture_logs() as logs:
+            await asyncio.wait_for(r.sched.stop(60.0), STUCK)  # nothing left to give
+        report = await asyncio.wait_for(step, STUCK)
+        assert report.attempted == 0  # cut short: no attempt recorded
+        assert "shutdown_cut_work_short" in [e["event"] for e in logs]
+
+
 # -- what Uploadcare may add ----------------------------------------------------------------
 
 
