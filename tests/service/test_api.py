@@ -497,3 +497,20 @@ async def test_user_info_is_shown_as_stars(client: Client) -> None:
     assert (await resp.json())["callback_url"] == "http://***@127.0.0.1:9/hook"
     # Idempotency still compares the real URL.
     assert (await register(client, {"token": 31, "callback_url": url})).status == 200
+
+
+async def test_metadata_sameness_compares_json_values(client: Client) -> None:
+    first = await register(client, {"token": 41, "callback_url": URL, "metadata": {"n": 1}})
+    assert first.status == 201
+    again = await register(
+        client, '{"token": 41, "callback_url": "' + URL + '", "metadata": {"n": 1.0}}'
+    )
+    assert again.status == 200, await again.text()
+    assert (await again.json())["id"] == (await first.json())["id"]
+    again = await register(
+        client, '{"token": 41, "callback_url": "' + URL + '", "metadata": {"n": 1e0}}'
+    )
+    assert again.status == 200
+    await assert_problem(
+        await register(client, {"token": 41, "callback_url": URL, "metadata": {"n": True}}), 409
+    )
