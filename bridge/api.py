@@ -392,12 +392,14 @@ _LIST_PARAMS: dict[str, tuple[str, Callable[[str], tuple[Any, str | None]]]] = {
 def _list_filters(query: Any) -> dict[str, Any]:
     errors: list[dict[str, str]] = []
     out: dict[str, Any] = {"limit": 100}
-    # An empty value (``?state=``) is the same as none; an unknown name is named by no one.
-    given = {name for name, value in query.items() if value}
-    if not given <= _LIST_PARAMS.keys():
+    # An unknown name, even without a value, is a mistake worth saying (without its name).
+    if not set(query) <= _LIST_PARAMS.keys():
         errors.append({"field": UNKNOWN, "message": "unknown parameter"})
-    for name in sorted(given & _LIST_PARAMS.keys()):
+    for name in sorted(set(query) & _LIST_PARAMS.keys()):
+        # An empty value (``?state=``) is the same as none.
         values = [v for v in query.getall(name) if v]
+        if not values:
+            continue
         if len(values) > 1:
             errors.append({"field": name, "message": f"{name} is given more than once"})
             continue

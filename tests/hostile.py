@@ -189,6 +189,8 @@ CASES: tuple[Case, ...] = (
     _get("state_bad_byte", 422, "/v1/jobs?state=%ff"),
     _get("state_echo", 422, f"/v1/jobs?state={CANARY}"),
     _get("unknown_parameter_echo", 422, f"/v1/jobs?{CANARY}=1"),
+    _get("unknown_parameter_empty", 422, f"/v1/jobs?state=&{CANARY}="),
+    _get("nameless_parameter", 422, "/v1/jobs?state=&="),
     _get("unknown_parameter_bad_byte", 422, "/v1/jobs?%ff%fe=1"),
     _get("cursor_bad_bytes", 422, "/v1/jobs?cursor=%00%ff"),
     _get("cursor_echo", 422, f"/v1/jobs?cursor={CANARY}"),
