@@ -281,9 +281,7 @@ _PATHS: dict[str, Any] = {
                 _query("state", {"enum": list(STATES)}),
                 _query("kind", {"enum": list(KINDS)}),
                 _query("token", _TOKEN_DIGITS),
-                _query(
-                    "limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
-                ),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}),
                 _query("cursor", {"type": "string"}),
             ],
             "responses": {
