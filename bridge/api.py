@@ -7,6 +7,7 @@ import json
 import random
 import re
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, NoReturn
@@ -14,9 +15,9 @@ from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
+from yarl import URL
 
-from bridge import keys
-from bridge.logs import redactor
+from bridge import ijson, keys
 from bridge.model import KINDS, MAX_TOKEN, STATES, NewJob, compact_json, fast_json, redact_url
 from bridge.netpolicy import PolicyViolation
 from bridge.openapi import document as openapi_document
@@ -36,7 +37,10 @@ _KIND_MESSAGE = "kind must be " + " or ".join(repr(k) for k in KINDS)
 _JOB_ID = re.compile(r"^job_[0-9a-z]{26}\Z")
 _DIGITS = re.compile(r"^[1-9][0-9]{0,15}\Z")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}\Z")
-_MAX_INT_DIGITS = 4000
+# What an error names in place of anything the caller made up: a problem detail never
+# repeats a name or value the caller sent, so no answer can tell whether it equals a secret.
+UNKNOWN = "(unknown)"
+INTERNAL_ERROR = "internal error; it has been logged"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,24 +63,29 @@ class Problem(Exception):
         self.headers = headers or {}
 
     def response(self) -> web.Response:
-        # Details may quote what the caller sent (an unknown field's name): a known secret
-        # there is shown as *** like in the logs.
+        # Details and errors are the API's own sentences and field names, never the caller's
+        # words (see UNKNOWN), so nothing here needs redacting.
         body: dict[str, Any] = {
             "type": "about:blank",
-            "title": HTTPStatus(self.status).phrase,
+            "title": _phrase(self.status),
             "status": self.status,
-            "detail": redactor.text(self.detail),
+            "detail": self.detail,
         }
         if self.errors is not None:
-            body["errors"] = [
-                {k: redactor.text(v) for k, v in error.items()} for error in self.errors
-            ]
+            body["errors"] = self.errors
         return web.Response(
             status=self.status,
             text=json.dumps(body),
             content_type="application/problem+json",
             headers=self.headers,
         )
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def _invalid(errors: list[dict[str, str]]) -> NoReturn:
@@ -111,16 +120,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = problem.response()
     except web.HTTPException as exc:
         if exc.status >= 400:
+            # aiohttp's own (404, 405, 413…): its standard phrase, never a reason with input.
             headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            response = Problem(exc.status, exc.reason, headers=headers).response()
+            response = Problem(exc.status, _phrase(exc.status), headers=headers).response()
         else:
             raise
     except StoreError as exc:
         log.error("store_unavailable", error=str(exc))
         response = Problem(503, "the database is not available; try again").response()
     except Exception:
-        log.exception("request_failed", method=request.method, path=request.path)
-        response = Problem(500, "internal error; it has been logged").response()
+        # A bug, whatever the input: a fixed answer, no traceback or message in it. The log
+        # gets the traceback and the route, never the body.
+        log.exception("request_failed", method=request.method, route=_route(request))
+        response = Problem(500, INTERNAL_ERROR).response()
     response.headers["X-Request-Id"] = request_id
     log.info(
         "http_request",
@@ -130,6 +142,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
     )
     return response
+
+
+def _route(request: web.Request) -> str | None:
+    """The matched route's template (``/v1/jobs/{job_id}``), not the path the caller sent."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else None
 
 
 @web.middleware
@@ -148,21 +166,6 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 # -- registration ----------------------------------------------------------------------------
-
-
-class _TooManyDigits(ValueError):
-    pass
-
-
-def _parse_int(text: str) -> int:
-    # Python refuses to build ints of over 4300 digits; say so as a validation error.
-    if len(text) > _MAX_INT_DIGITS:
-        raise _TooManyDigits
-    return int(text)
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -186,12 +189,13 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 def _decode(body: bytes) -> Any:
+    """The body's value: I-JSON only (RFC 7493), else 400 with a sentence saying why."""
     try:
-        return json.loads(body, parse_int=_parse_int, parse_constant=_refuse_constant)
-    except _TooManyDigits:
+        return ijson.loads(body)
+    except ijson.TooManyDigits:
         _invalid([{"field": "", "message": "a number in the body has too many digits"}])
-    except (ValueError, UnicodeDecodeError):
-        raise Problem(400, "the body is not valid JSON") from None
+    except ijson.NotIJSON as exc:
+        raise Problem(400, str(exc)) from None
 
 
 def _token(value: Any, field: str = "token") -> tuple[int | None, str | None]:
@@ -206,21 +210,50 @@ def _token(value: Any, field: str = "token") -> tuple[int | None, str | None]:
     return None, message
 
 
+_ASCII_INVISIBLE = re.compile(r"[\x00-\x20\x7f]")
+_UNSEEN_MESSAGE = "callback_url must not contain whitespace, control or format characters"
+
+
+def _invisible(text: str, *, space: bool = False) -> bool:
+    """Whether ``text`` holds whitespace (but a plain space where ``space``), a control
+    character (C0, DEL, C1) or a format character (bidi controls, zero-width ones...)."""
+    if text.isascii():
+        found = _ASCII_INVISIBLE.search(text.replace(" ", "") if space else text)
+        return found is not None
+    return any(
+        (c.isspace() and not (space and c == " ")) or unicodedata.category(c) in ("Cc", "Cf")
+        for c in text
+    )
+
+
 def _callback_url(value: Any) -> str | None:
-    """A syntax problem with the URL, or None; the network policy is checked apart."""
+    """A syntax problem with the URL, or None; the network policy is checked apart.
+
+    Whitespace, control and format characters are refused as written and as yarl (which
+    aiohttp delivers with) decodes each part: a percent-encoded one too, but for a plain
+    space (``%20``) in the path, query or fragment.
+    """
     if not isinstance(value, str):
         return "callback_url must be a string"
     if len(value) > MAX_URL:
         return f"callback_url is over {MAX_URL} characters"
+    if _invisible(value):
+        return _UNSEEN_MESSAGE
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises on a bad port
+        port = parts.port
+        url = URL(value)
+        decoded = (url.host or "", url.user or "", url.password or "")
+        decoded_rest = (url.path, url.query_string, url.fragment)
+        port = url.port if port is None else port
     except ValueError:
         return "callback_url is not a valid URL"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "callback_url must be an absolute http or https URL"
-    if any(c.isspace() or ord(c) < 0x20 for c in value):
-        return "callback_url must not contain whitespace or control characters"
+    if port == 0:
+        return "callback_url must not use port 0"
+    if any(_invisible(p) for p in decoded) or any(_invisible(p, space=True) for p in decoded_rest):
+        return _UNSEEN_MESSAGE
     return None
 
 
@@ -228,8 +261,9 @@ async def _validate_registration(request: web.Request, tenant: str, data: Any) -
     if not isinstance(data, dict):
         _invalid([{"field": "", "message": "the body must be a JSON object"}])
     errors: list[dict[str, str]] = []
-    for name in sorted(set(data) - _FIELDS):
-        errors.append({"field": name, "message": f"unknown field {name!r}"})
+    if not data.keys() <= _FIELDS:
+        # Once, however many: neither their names nor their number is repeated.
+        errors.append({"field": UNKNOWN, "message": "unknown field"})
 
     token: int | None = None
     if "token" not in data:
@@ -358,11 +392,14 @@ _LIST_PARAMS: dict[str, tuple[str, Callable[[str], tuple[Any, str | None]]]] = {
 def _list_filters(query: Any) -> dict[str, Any]:
     errors: list[dict[str, str]] = []
     out: dict[str, Any] = {"limit": 100}
-    for name in sorted(set(query)):
-        if name not in _LIST_PARAMS:
-            errors.append({"field": name, "message": f"unknown parameter {name!r}"})
+    # An unknown name, even without a value, is a mistake worth saying (without its name).
+    if not set(query) <= _LIST_PARAMS.keys():
+        errors.append({"field": UNKNOWN, "message": "unknown parameter"})
+    for name in sorted(set(query) & _LIST_PARAMS.keys()):
+        # An empty value (``?state=``) is the same as none.
+        values = [v for v in query.getall(name) if v]
+        if not values:
             continue
-        values = query.getall(name)
         if len(values) > 1:
             errors.append({"field": name, "message": f"{name} is given more than once"})
             continue

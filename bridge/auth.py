@@ -22,7 +22,8 @@ class Authenticator:
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             return None
-        digest = hashlib.sha256(given.strip().encode()).digest()
+        # A header byte that is not UTF-8 arrives as a surrogate escape: hash it as sent.
+        digest = hashlib.sha256(given.strip().encode("utf-8", "surrogateescape")).digest()
         found = None
         for name, expected in self._keys:
             # No early exit: the time taken does not depend on which key matched.

@@ -59,7 +59,15 @@ def rfc3339(ts: float | None) -> str | None:
 
 
 def compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text; ValueError for a number that is not finite (``Infinity`` and
+    ``NaN`` are not JSON: nothing that stores or sends this text may hold them)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def stored_json(text: str) -> Any:
+    """A JSON text the store holds. Rows written before bodies were I-JSON may hold
+    ``Infinity`` or ``NaN``: they read as null, as the API has always shown them."""
+    return json.loads(text, parse_constant=lambda _: None)
 
 
 def fast_json(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
@@ -76,8 +84,20 @@ def fast_json(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
 
 
 def canonical_json(value: Any) -> str:
-    """One spelling per JSON value, for comparing metadata (``1``, ``1.0`` and ``true`` differ)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    """One spelling per JSON value, for comparing metadata: members in name order, numbers
+    by numeric value (``1``, ``1.0`` and ``1e0`` are one number), ``true`` not a number."""
+    return json.dumps(_by_value(value), separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _by_value(value: Any) -> Any:
+    """``value`` with every integral float as the int it equals (exactly: 1e300 too)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    return value
 
 
 def redact_url(url: str) -> str:
@@ -123,14 +143,14 @@ class Job:
             "kind": self.kind,
             "token": self.token,
             "callback_url": redact_url(self.callback_url),
-            "metadata": json.loads(self.metadata) if self.metadata is not None else None,
+            "metadata": stored_json(self.metadata) if self.metadata is not None else None,
             "state": self.state,
             "outcome": self.outcome,
             "upstream": {
                 "status": self.upstream_status,
                 "error": self.upstream_error,
                 "result": (
-                    json.loads(self.upstream_result) if self.upstream_result is not None else None
+                    stored_json(self.upstream_result) if self.upstream_result is not None else None
                 ),
                 "polls": self.polls,
                 "last_polled_at": rfc3339(self.last_polled_at),
@@ -230,8 +250,8 @@ def callback_body(
             "token": token,
             "status": outcome,
             "error": error,
-            "result": json.loads(result_json) if result_json is not None else None,
-            "metadata": json.loads(metadata_json) if metadata_json is not None else None,
+            "result": stored_json(result_json) if result_json is not None else None,
+            "metadata": stored_json(metadata_json) if metadata_json is not None else None,
         },
     }
     return compact_json(body).encode()

@@ -69,6 +69,16 @@ def _ok(
     return out
 
 
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "schema": schema,
+        "allowEmptyValue": True,
+        "description": "an empty value is the same as none",
+    }
+
+
 _LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
 # What a registration's answer leads to: every operation on the job, by its id.
 _JOB_LINKS = {
@@ -81,7 +91,13 @@ _JOB_LINKS = {
     )
 }
 _JOB_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": _JOB_ID}
-_AUTH = {"401": _problem("missing or wrong bearer secret")}
+# What every /v1 operation may answer besides its own statuses: no bearer secret, a
+# database that does not answer, and (a bug, never an input) an internal error.
+_AUTH = {
+    "401": _problem("missing or wrong bearer secret"),
+    "500": _problem("an internal error (a bug: no input is meant to cause it); it is logged"),
+    "503": _problem("the database is not available; try again"),
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Problem": {
@@ -241,33 +257,39 @@ _PATHS: dict[str, Any] = {
             "responses": {
                 "201": _ok("registered", "Job", _LOCATION, _JOB_LINKS),
                 "200": _ok("the same registration was made before", "Job", _LOCATION, _JOB_LINKS),
-                "400": _problem("the body is not JSON"),
+                "400": _problem(
+                    "the body is not I-JSON (RFC 7493): not UTF-8, not JSON, a member named "
+                    "twice, a number that is not finite, a lone surrogate, or nesting deeper "
+                    "than 32 levels"
+                ),
                 **_AUTH,
                 "408": _problem("the body did not arrive in time"),
                 "409": _problem("registered with other metadata, or by another tenant"),
                 "413": _problem("the body is over 64 KiB"),
                 "415": _problem("the body is not application/json"),
-                "422": _problem("validation failed, the network policy included"),
+                "422": _problem(
+                    "validation failed, the network policy included; an unknown field is "
+                    'reported once, as field "(unknown)"'
+                ),
             },
         },
         "get": {
             "operationId": "listJobs",
             "summary": "This tenant's jobs, newest first",
+            # An empty value (``?state=``) is the same as none: allowEmptyValue.
             "parameters": [
-                {"name": "state", "in": "query", "schema": {"enum": list(STATES)}},
-                {"name": "kind", "in": "query", "schema": {"enum": list(KINDS)}},
-                {"name": "token", "in": "query", "schema": _TOKEN_DIGITS},
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
-                },
-                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                _query("state", {"enum": list(STATES)}),
+                _query("kind", {"enum": list(KINDS)}),
+                _query("token", _TOKEN_DIGITS),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}),
+                _query("cursor", {"type": "string"}),
             ],
             "responses": {
                 "200": _ok("a page of jobs", "JobList"),
                 **_AUTH,
-                "422": _problem("a bad filter"),
+                "422": _problem(
+                    'a bad filter; an unknown parameter is reported once, as field "(unknown)"'
+                ),
             },
         },
     },

@@ -29,6 +29,7 @@ import structlog
 from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
+from bridge import ijson
 from bridge.model import KINDS, TERMINAL_STATUSES, Kind
 
 __all__ = [
@@ -203,8 +204,9 @@ def parse_retry_after(value: str | None, now: float) -> float:
 def parse_status_body(body: bytes) -> Status | Garbage:
     """A 200 body as ``Status``, or ``Garbage`` saying what is wrong with it."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        # I-JSON, as the API takes: what the bridge stores and sends on must be JSON.
+        data = ijson.loads(body)
+    except ValueError:  # NotIJSON and TooManyDigits are ValueErrors
         return Garbage("body is not JSON")
     if not isinstance(data, dict):
         return Garbage("body is not a JSON object")

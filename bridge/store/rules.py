@@ -6,7 +6,6 @@ dicts a rule returns are named after the parameters of the statement that writes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -28,6 +27,7 @@ from bridge.model import (
     Recorded,
     callback_body,
     canonical_json,
+    stored_json,
 )
 from bridge.store.base import Conflict
 
@@ -71,10 +71,11 @@ def page(rows: Sequence[Row], limit: int) -> tuple[list[Job], int | None]:
 
 
 def same_metadata(stored: str | None, new: str | None) -> bool:
-    """Whether two metadata JSON texts hold the same value (1, 1.0 and true differ)."""
+    """Whether two metadata JSON texts hold the same JSON value: members in any order,
+    numbers by numeric value (``1`` and ``1.0`` are the same; ``true`` is not ``1``)."""
     if stored is None or new is None:
         return stored is new
-    return canonical_json(json.loads(stored)) == canonical_json(json.loads(new))
+    return canonical_json(stored_json(stored)) == canonical_json(stored_json(new))
 
 
 def registration(owner: str | None, existing: Job | None, new: NewJob) -> Job | None:

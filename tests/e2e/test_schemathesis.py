@@ -1,4 +1,5 @@
-"""Property-based API testing: schemathesis against the server's own ``/openapi.json``.
+"""Property-based API testing: schemathesis against the server's own ``/openapi.json``,
+and the hostile-request corpus (tests/hostile.py) against the same live server.
 
 A real bridge listens on 127.0.0.1 (in a thread with its own event loop, because
 schemathesis' transport is synchronous). It is built so that nothing schemathesis
@@ -33,6 +34,8 @@ from bridge.model import compact_json
 from bridge.netpolicy import NetworkPolicy
 from bridge.openapi import document as openapi_document
 from tests.conftest import ALPHA, base_env
+from tests.hostile import CANARY, Case
+from tests.hostile import CASES as HOSTILE
 from tests.resolvers import StaticResolver
 
 # Bounded so the whole file runs in seconds; raise it locally for a deeper search.
@@ -212,3 +215,20 @@ def test_document_is_served_without_auth(live_bridge: str) -> None:
     resp = requests.get(f"{live_bridge}/openapi.json", timeout=30)
     assert resp.status_code == 200
     assert resp.json()["openapi"].startswith("3.1")
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c.name for c in HOSTILE])
+def test_hostile_corpus_answers_as_expected_and_never_500(live_bridge: str, case: Case) -> None:
+    """tests/hostile.py against the live server: the statuses the fast tier sees, over a
+    real socket, with the document's example callback (never dialled: no scheduler)."""
+    headers = {**AUTH, "Content-Type": "application/json", **case.headers}
+    resp = requests.request(
+        case.method,
+        f"{live_bridge}{case.path}",
+        data=case.body_for(ALLOWED_CALLBACK) if case.method == "POST" else None,
+        headers={k: v.encode("latin-1") for k, v in headers.items()},
+        timeout=30,
+    )
+    assert resp.status_code != 500, resp.text
+    assert resp.status_code == case.status, resp.text
+    assert CANARY.encode() not in resp.content

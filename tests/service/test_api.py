@@ -134,7 +134,7 @@ async def test_metadata_past_64_bit_integers_comes_back_exactly(client: Client) 
     [
         ({"token": 1, "callback_url": URL, "kind": "audio"}, "kind"),
         ({"token": 1, "callback_url": URL, "kind": None}, "kind"),
-        ({"token": 1, "callback_url": URL, "extra": 1}, "extra"),
+        ({"token": 1, "callback_url": URL, "extra": 1}, "(unknown)"),
         ({"token": 1}, "callback_url"),
         ({"callback_url": URL}, "token"),
         ({"token": 1, "callback_url": "ftp://127.0.0.1/x"}, "callback_url"),
@@ -280,7 +280,7 @@ async def test_repeat_is_200_with_same_job_and_location(client: Client) -> None:
     assert again.headers["Location"] == first.headers["Location"]
 
 
-@pytest.mark.parametrize("other", [{"a": 2}, {"a": 1.0}, {"a": True}, None, {}])
+@pytest.mark.parametrize("other", [{"a": 2}, {"a": 1.5}, {"a": True}, {"a": "1"}, None, {}])
 async def test_repeat_with_other_metadata_is_409(client: Client, other: Any) -> None:
     assert (
         await register(client, {"token": 5, "callback_url": URL, "metadata": {"a": 1}})
@@ -497,3 +497,20 @@ async def test_user_info_is_shown_as_stars(client: Client) -> None:
     assert (await resp.json())["callback_url"] == "http://***@127.0.0.1:9/hook"
     # Idempotency still compares the real URL.
     assert (await register(client, {"token": 31, "callback_url": url})).status == 200
+
+
+async def test_metadata_sameness_compares_json_values(client: Client) -> None:
+    first = await register(client, {"token": 41, "callback_url": URL, "metadata": {"n": 1}})
+    assert first.status == 201
+    again = await register(
+        client, '{"token": 41, "callback_url": "' + URL + '", "metadata": {"n": 1.0}}'
+    )
+    assert again.status == 200, await again.text()
+    assert (await again.json())["id"] == (await first.json())["id"]
+    again = await register(
+        client, '{"token": 41, "callback_url": "' + URL + '", "metadata": {"n": 1e0}}'
+    )
+    assert again.status == 200
+    await assert_problem(
+        await register(client, {"token": 41, "callback_url": URL, "metadata": {"n": True}}), 409
+    )
