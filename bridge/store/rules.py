@@ -6,6 +6,7 @@ dicts a rule returns are named after the parameters of the statement that writes
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,15 @@ def page(rows: Sequence[Row], limit: int) -> tuple[list[Job], int | None]:
 
 
 # -- registration ----------------------------------------------------------------------------
+
+
+def url_digest(url: str) -> bytes:
+    """What registration's unique index holds for a callback URL: SHA-256 of its UTF-8.
+
+    A digest, not the URL: a 2048-character URL of 4-byte characters is past what a
+    PostgreSQL index row holds. Equality is still checked on the URL itself.
+    """
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest()
 
 
 def same_metadata(stored: str | None, new: str | None) -> bool:

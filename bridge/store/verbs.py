@@ -18,6 +18,7 @@ from operator import itemgetter
 from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
 from bridge.store import queries as q
 from bridge.store import rules
+from bridge.store.base import Conflict
 from bridge.store.queries import Program
 
 # NOTIFY channel on which a stored pause is announced to every replica.
@@ -34,6 +35,7 @@ def register(
     p = {"job_id": job_id, "now": now, "first_poll_at": first_poll_at, "deadline_at": deadline_at}
     p |= {"tenant": new.tenant, "kind": new.kind, "token": new.token}
     p |= {"callback_url": new.callback_url, "metadata": new.metadata}
+    p["url_digest"] = rules.url_digest(new.callback_url)
     # The watch row lock serializes every registration of this (kind, token).
     watch, made = None, 0
     while watch is None and not made:
@@ -46,7 +48,7 @@ def register(
     p["watch_id"] = None if watch is None else watch["id"]
     # A watch this registration made has no jobs yet: nothing to compare against.
     look = watch is not None
-    while True:
+    for _ in range(3):
         existing_id = (yield q.val("registered_job", p)) if look else None
         existing = None if existing_id is None else (yield from get_job(new.tenant, existing_id))
         kept = rules.registration(None if watch is None else watch["owner"], existing, new)
@@ -60,6 +62,10 @@ def register(
             break
         look = True
         # A duplicate committed despite the watch lock: decide against it, as above.
+    else:
+        # The index holds a job whose URL has the same digest but other bytes: SHA-256
+        # collided. Never a loop, never a 500.
+        raise Conflict("a job for this kind and token exists with a colliding callback_url")
     created = yield from get_job(new.tenant, job_id)
     assert created is not None
     return created, True
@@ -153,8 +159,8 @@ def purge_batch(before: float, batch: int) -> Program[tuple[int, bool]]:
     # Attempts go with their job (ON DELETE CASCADE). The condition is checked again on
     # the locked rows: a job redelivered meanwhile stays.
     deleted = yield q.rows("delete_jobs", job_ids=[r["id"] for r in found], before=before)
-    # A watch nobody refers to any more frees its token for any tenant.
-    yield q.exec("delete_watches", watch_ids=watch_ids)
+    # A watch nobody refers to any more stays, idle: its owner keeps the token for good.
+    yield q.exec("strip_watches", watch_ids=watch_ids)
     return len(deleted), True
 
 

@@ -162,9 +162,50 @@ async def test_counts_and_retention(store: Store) -> None:
     assert await store.get_job("alpha", old) is None
     assert await store.get_job("alpha", recent) is not None
     assert await store.get_job("alpha", keep) is not None
-    # The purged job's token is free again, for any tenant.
-    _, created = await reg(store, job(token=2, tenant="beta"))
+    # Ownership outlives retention: the purged job's token is still alpha's, not free.
+    with pytest.raises(Conflict, match="another tenant"):
+        await reg(store, job(token=2, tenant="beta"))
+    assert await rows_in(store, "watches") == 3  # kept, idle, as the owner's record
+    # Its owner registers it again: the idle watch is armed afresh.
+    again, created = await reg(store, job(token=2), now=T0 + 200)
     assert created
+    j = await store.get_job("alpha", again)
+    assert j is not None and (j.state, j.polls, j.next_poll_at) == ("tracking", 0, T0 + 201)
+
+
+async def test_ownership_survives_a_purge_of_a_watched_token(store: Store) -> None:
+    # A token whose only job was delivered, then purged: beta still cannot take it.
+    gone, _ = await reg(store, job(token=11))
+    (w,) = await store.claim_due_watches("p", now=T0 + 1, lease=LONG, limit=1)
+    done = seen(T0 + 1, T0 + 1, status="finished", result='{"uuid":"u"}', outcome="finished")
+    await store.record_poll(w.id, "p", done)
+    await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
+    ok = attempt(1, T0 + 2, 200)
+    assert await store.record_attempt(
+        gone, "a", ok, next_state="delivered", next_attempt_at=None
+    )
+    assert await store.purge_ended(before=T0 + 10) == 1
+    with pytest.raises(Conflict):
+        await reg(store, job(token=11, tenant="beta"), now=T0 + 20)
+    # What the watch saw (the file's uuid) went with the jobs; a new round starts afresh.
+    mine, _ = await reg(store, job(token=11), now=T0 + 30)
+    j = await store.get_job("alpha", mine)
+    assert j is not None and (j.upstream_status, j.upstream_result) == (None, None)
+
+
+@pytest.mark.parametrize("char", ["\u20ac", "\U0001f600"])  # 3 and 4 bytes in UTF-8
+async def test_a_2048_character_non_ascii_url_registers(store: Store, char: str) -> None:
+    head = "http://127.0.0.1:9/"
+    url = head + char * (2048 - len(head))
+    other = head + char * (2047 - len(head)) + "x"
+    assert len(url) == len(other) == 2048
+    first, created = await reg(store, job(token=12, url=url))
+    assert created
+    assert await reg(store, job(token=12, url=url)) == (first, False)  # idempotent
+    second, created = await reg(store, job(token=12, url=other))
+    assert created and second != first
+    j = await store.get_job("alpha", first)
+    assert j is not None and j.callback_url == url
 
 
 async def test_signing_secret_is_made_once(store: Store, tmp_path: Path) -> None:
@@ -622,7 +663,7 @@ async def test_purge_ended_deletes_attempts_too(store: Store) -> None:
     assert await store.get_job("alpha", gone) is None
     assert await store.attempts("alpha", kept) == [attempt(1, T0 + 2, 500)]
     assert await rows_in(store, "attempts") == 1
-    assert await rows_in(store, "watches") == 1
+    assert await rows_in(store, "watches") == 2  # the purged job's stays: its owner's record
 
 
 async def test_release_gives_back_every_lease_of_its_owner(store: Store) -> None:

@@ -31,19 +31,20 @@ UPDATE watches
 UPDATE watches SET next_poll_at = :next_poll_at WHERE id = :watch_id;
 
 -- name: registered_job
+-- The digest finds it on the registration index; the URL itself is compared byte for byte.
 SELECT id FROM jobs
- WHERE tenant = :tenant AND kind = :kind AND token = :token
+ WHERE tenant = :tenant AND kind = :kind AND token = :token AND url_digest = :url_digest
    AND callback_url = :callback_url AND state <> 'canceled';
 
 -- name: insert_job
 -- Nothing when a duplicate committed despite the watch lock: the registration then
 -- decides against that one. (SQLite needs the WHERE to read ON CONFLICT as an upsert.)
-INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, metadata, state,
-                  polls_base, created_at, updated_at, deadline_at)
-SELECT :job_id, :tenant, id, kind, token, :callback_url, :metadata, 'tracking',
-       polls, :now, :now, :deadline_at
+INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, url_digest, metadata,
+                  state, polls_base, created_at, updated_at, deadline_at, first_poll_at)
+SELECT :job_id, :tenant, id, kind, token, :callback_url, :url_digest, :metadata, 'tracking',
+       polls, :now, :now, :deadline_at, :first_poll_at
   FROM watches WHERE kind = :kind AND token = :token
-ON CONFLICT (tenant, kind, token, callback_url) WHERE state <> 'canceled' DO NOTHING;
+ON CONFLICT (tenant, kind, token, url_digest) WHERE state <> 'canceled' DO NOTHING;
 
 -- -- reading jobs --------------------------------------------------------------------------
 

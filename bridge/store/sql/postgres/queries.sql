@@ -61,8 +61,11 @@ UPDATE watches SET next_poll_at = NULL, lease_owner = NULL, lease_until = NULL
 -- Attempts go with their job (ON DELETE CASCADE).
 DELETE FROM jobs WHERE id = ANY(:job_ids::text[]) AND ended_at < :before RETURNING id;
 
--- name: delete_watches
-DELETE FROM watches
+-- name: strip_watches
+-- A watch no job refers to any more stays, idle, as the record that its tenant owns the
+-- (kind, token) for good (SPEC "Tenants": ownership outlives retention); what it saw goes.
+-- A registration re-arms it afresh (rearm_watch).
+UPDATE watches SET status = NULL, error = NULL, result = NULL
  WHERE id = ANY(:watch_ids::bigint[]) AND next_poll_at IS NULL
    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.watch_id = watches.id);
 

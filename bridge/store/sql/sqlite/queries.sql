@@ -50,8 +50,11 @@ DELETE FROM jobs
  WHERE id IN (SELECT value FROM json_each(:job_ids)) AND ended_at < :before
 RETURNING id;
 
--- name: delete_watches
-DELETE FROM watches
+-- name: strip_watches
+-- A watch no job refers to any more stays, idle, as the record that its tenant owns the
+-- (kind, token) for good (SPEC "Tenants": ownership outlives retention); what it saw goes.
+-- A registration re-arms it afresh (rearm_watch).
+UPDATE watches SET status = NULL, error = NULL, result = NULL
  WHERE id IN (SELECT value FROM json_each(:watch_ids)) AND next_poll_at IS NULL
    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.watch_id = watches.id);
 
