@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from bridge import model
 from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
 from bridge.store import verbs
+from bridge.store.base import open_cursor, seal_cursor
 from bridge.store.queries import Program
 
 T = TypeVar("T")
@@ -38,6 +41,7 @@ class Store:
         """Raise if the database does not answer."""
         """Apply pending schema migrations; return the schema version."""
         self.driver = driver
+        self._cursor_secret: bytes | None = None
 
     async def close(self) -> None:
         await self.driver.close()
@@ -73,12 +77,28 @@ class Store:
         kind: str | None = None,
         token: int | None = None,
         limit: int = 100,
-        before: int | None = None,
-    ) -> tuple[list[Job], int | None]:
-        """Newest first; ``before`` is the cursor a previous page returned."""
-        return await self.driver.run(
-            lambda: verbs.list_jobs(tenant, state, kind, token, limit, before), tx=False
+        before: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """Newest first, and the cursor of the next page (None on the last one).
+
+        ``before`` is a cursor a previous page returned to this tenant: opaque, sealed
+        under the key the servers on this database share. BadCursor for any other.
+        """
+        key = await self._cursor_key()
+        position = None if before is None else open_cursor(key, tenant, before)
+        jobs, last = await self.driver.run(
+            lambda: verbs.list_jobs(tenant, state, kind, token, limit, position), tx=False
         )
+        return jobs, None if last is None else seal_cursor(key, tenant, last)
+
+    async def _cursor_key(self) -> bytes:
+        """The key that seals listing cursors: made once for the database, then kept."""
+        if self._cursor_secret is None:
+            candidate = os.urandom(32).hex()
+            now = time.time()
+            found = await self.driver.run(lambda: verbs.server_key("cursor", candidate, now))
+            self._cursor_secret = bytes.fromhex(found)
+        return self._cursor_secret
 
     async def cancel(self, tenant: str, job_id: str, *, now: float) -> tuple[Job, bool] | None:
         """Stop a tracking or delivering job; return it and whether this call changed it.

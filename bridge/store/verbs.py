@@ -144,6 +144,12 @@ def signing_secret(tenant: str, candidate: str, now: float) -> Program[str]:
     return str((yield q.val("secret", tenant=tenant)))
 
 
+def server_key(name: str, candidate: str, now: float) -> Program[str]:
+    # As signing_secret: the first server to insert wins, every other one reads its key.
+    yield q.exec("offer_server_key", name=name, secret=candidate, now=now)
+    return str((yield q.val("server_key", name=name)))
+
+
 def count_by_state() -> Program[dict[str, int]]:
     return {r[0]: int(r[1]) for r in (yield q.rows("count_by_state"))}
 

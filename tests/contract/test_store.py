@@ -24,6 +24,7 @@ from bridge.model import (
 )
 from bridge.settings import Database
 from bridge.store import Conflict, Store, StoreError, open_store
+from bridge.store.base import BadCursor
 from bridge.store.postgres_driver import PostgresStore
 from bridge.store.queries import migrations
 from bridge.store.sqlite_driver import SQLiteStore
@@ -151,6 +152,31 @@ async def test_listing_pages_newest_first(store: Store) -> None:
     assert (await store.list_jobs("beta"))[0] == []
 
 
+async def test_cursors_are_sealed_for_their_tenant_with_a_kept_key(
+    store: Store, tmp_path: Path
+) -> None:
+    for t in range(1, 4):
+        await reg(store, job(token=t))
+    _, cursor = await store.list_jobs("alpha", limit=1)
+    assert cursor is not None
+    with pytest.raises(BadCursor):
+        await store.list_jobs("beta", before=cursor)
+    for junk in ("", "djE6Mw", cursor[:-2], cursor + "A", "\u00e9" * 55):
+        with pytest.raises(BadCursor):
+            await store.list_jobs("alpha", before=junk)
+    # Another server on the database (or this one after a restart) opens it: the key is kept.
+    if isinstance(store, SQLiteStore):
+        other: Store = await SQLiteStore.open(store.path, exclusive=False)
+    else:
+        assert isinstance(store, PostgresStore) and store.schema is not None
+        other = await PostgresStore.open(pg.POSTGRES_URL, schema=store.schema)
+    try:
+        page, _ = await other.list_jobs("alpha", limit=5, before=cursor)
+        assert [j.token for j in page] == [2, 1]
+    finally:
+        await other.close()
+
+
 async def test_counts_and_retention(store: Store) -> None:
     keep, _ = await reg(store, job(token=1))
     old, _ = await reg(store, job(token=2))
@@ -181,9 +207,7 @@ async def test_ownership_survives_a_purge_of_a_watched_token(store: Store) -> No
     await store.record_poll(w.id, "p", done)
     await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
     ok = attempt(1, T0 + 2, 200)
-    assert await store.record_attempt(
-        gone, "a", ok, next_state="delivered", next_attempt_at=None
-    )
+    assert await store.record_attempt(gone, "a", ok, next_state="delivered", next_attempt_at=None)
     assert await store.purge_ended(before=T0 + 10) == 1
     with pytest.raises(Conflict):
         await reg(store, job(token=11, tenant="beta"), now=T0 + 20)

@@ -102,6 +102,13 @@ ON CONFLICT (tenant) DO NOTHING;
 -- name: secret
 SELECT secret FROM signing_secrets WHERE tenant = :tenant;
 
+-- name: offer_server_key
+INSERT INTO server_keys (name, secret, created_at) VALUES (:name, :secret, :now)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: server_key
+SELECT secret FROM server_keys WHERE name = :name;
+
 -- name: ended_jobs
 SELECT id, watch_id FROM jobs WHERE ended_at < :before ORDER BY ended_at LIMIT :batch;
 
