@@ -504,8 +504,9 @@ class Scheduler:
         if state == model.DELIVERED:
             step.done.delivered += 1
             self.metrics.deliveries.labels("delivered").inc()
-            finished = res.started_at + res.duration
-            self.metrics.notification_latency.observe(max(0.0, finished - d.outcome_at))
+            if d.first_round:  # a redelivery days later is not the outcome's latency
+                finished = res.started_at + res.duration
+                self.metrics.notification_latency.observe(max(0.0, finished - d.outcome_at))
             log.info("job_delivered", n=attempt.n, status=res.status, **kw)
         elif state == model.UNDELIVERABLE:
             self.metrics.deliveries.labels("undeliverable").inc()

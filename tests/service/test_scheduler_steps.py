@@ -456,6 +456,10 @@ async def test_a_redeliver_sends_the_same_callback_again(tmp_path: Path) -> None
         assert await r.verified(first) == await r.verified(second)
         done = await r.job(j.id)
         assert (done.state, done.attempts) == ("delivered", 2)
+        # Both rounds count as deliveries; only the first is the outcome's latency.
+        assert metric(r, "bridge_deliveries_total", outcome="delivered") == 2.0
+        assert metric(r, "bridge_notification_latency_seconds_count") == 1.0
+        assert metric(r, "bridge_notification_latency_seconds_sum") < 1.0
         attempts = await r.store.attempts("alpha", j.id)
         assert attempts is not None and [a.n for a in attempts] == [1, 2]
         assert (await r.step()).idle
