@@ -135,12 +135,20 @@ def seen(watch: Row, rec: PollRecord) -> dict[str, Any]:
     }
 
 
-def polled(watch: Row, rec: PollRecord, seen: Mapping[str, Any]) -> dict[str, Any]:
+def polled(
+    watch: Row, rec: PollRecord, seen: Mapping[str, Any], promised: float | None = None
+) -> dict[str, Any]:
     """The watch row after the poll, while a job still tracks it (``record_watch`` idles
-    a watch nobody tracks: no next poll, and its lease goes, whoever holds it)."""
+    a watch nobody tracks: no next poll, and its lease goes, whoever holds it).
+
+    ``promised`` is the earliest first poll promised to a job that registered while this
+    poll was in flight: the poll is not its, so the next one comes no later than that.
+    """
     # After an outcome, jobs that joined while the deciding poll was in flight get a poll
     # of their own, at once.
     next_poll_at = rec.polled_at if rec.outcome is not None else rec.next_poll_at
+    if promised is not None:
+        next_poll_at = min(next_poll_at, promised)
     return {
         **seen,
         "not_found": rec.not_found,

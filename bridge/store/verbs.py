@@ -203,8 +203,12 @@ def record_poll(
             jobs, rec, seen, owner=owner, lease=lease, deliver=deliver
         )
         yield q.many("hand_outcome", updates)
+    # Jobs that joined while the request was on the wire: this poll is not theirs (it does
+    # not count in their polls) and their first poll stays when it was promised.
+    joined = yield q.rows("late_joiners", watch_id=watch_id, started_at=rec.started_at)
+    promised = min((float(r[0]) for r in joined), default=None)
     # With nobody tracking it any more, the statement idles the watch and ends its lease.
-    after = rules.polled(watch, rec, seen)
+    after = rules.polled(watch, rec, seen, promised)
     yield q.exec("record_watch", after, owner=owner, watch_id=watch_id)
     return recorded
 

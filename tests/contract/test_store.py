@@ -485,9 +485,28 @@ async def test_an_outcome_goes_to_every_job_registered_by_the_poll(store: Store)
     )
     assert recorded == [Recorded(c, "video", 7, "finished")]
     jc = await store.get_job("alpha", c)
-    assert jc is not None and (jc.state, jc.polls) == ("delivering", 2)
+    # Only its own poll counts: the one in flight when it registered does not.
+    assert jc is not None and (jc.state, jc.polls) == ("delivering", 1)
     # Nobody tracks the watch any more: it idles.
     assert await store.claim_due_watches("a", now=T0 + 1000, lease=LONG, limit=5) == []
+
+
+async def test_a_job_joining_during_a_poll_keeps_its_first_poll(store: Store) -> None:
+    a = await reg_at(store, job(token=8, url="http://127.0.0.1:9/a"), T0, T0 + 1)
+    (w,) = await store.claim_due_watches("p", now=T0 + 1, lease=LONG, limit=5)
+    # c registers at T0 + 1.3, its first poll promised at T0 + 2.3, while the poll that
+    # went out at T0 + 1.2 is on the wire; that poll's own rule says T0 + 60.
+    c = await reg_at(store, job(token=8, url="http://127.0.0.1:9/c"), T0 + 1.3, T0 + 2.3)
+    await store.record_poll(w.id, "p", seen(T0 + 1.2, T0 + 1.4, next_at=T0 + 60))
+    ja, jc = await store.get_job("alpha", a), await store.get_job("alpha", c)
+    assert ja is not None and jc is not None
+    assert (ja.polls, jc.polls) == (1, 0)  # the poll that started before c is not c's
+    assert ja.next_poll_at == jc.next_poll_at == T0 + 2.3
+    assert await store.claim_due_watches("p", now=T0 + 2.29, lease=LONG, limit=5) == []
+    (w,) = await store.claim_due_watches("p", now=T0 + 2.3, lease=LONG, limit=5)
+    await store.record_poll(w.id, "p", seen(T0 + 2.3, T0 + 2.4, next_at=T0 + 60))
+    jc = await store.get_job("alpha", c)
+    assert jc is not None and (jc.polls, jc.next_poll_at) == (1, T0 + 60)
 
 
 async def test_three_404s_end_in_not_found(store: Store) -> None:

@@ -265,6 +265,35 @@ async def test_a_late_joiner_gets_a_poll_of_its_own(tmp_path: Path) -> None:
         assert (await r.step()).idle
 
 
+async def test_a_job_joining_during_a_poll_gets_its_first_poll_on_time(tmp_path: Path) -> None:
+    """A job that registers while a poll of its watch is in flight is polled
+    BRIDGE_POLL_INITIAL_DELAY after it registered, not when the in-flight poll's growth
+    rule would have it, and that poll does not count in its polls."""
+    async with rig(tmp_path) as r:
+        t0 = r.clock()
+        token = r.fake.add_job("video", duration=600)
+        early = await r.register(token, "/early")
+        r.clock.advance(1.0)
+
+        r.upstream.open = False
+        step = asyncio.create_task(r.sched.run_once())
+        await r.upstream.wait_for(1)  # the poll went out at t0+1; its answer is held
+        r.clock.advance(0.1)
+        late = await r.register(token, "/late")  # first poll promised at t0+2.1
+        r.upstream.open = True
+        r.upstream.release()
+        assert (await asyncio.wait_for(step, STUCK)).polled == 1
+        seen_early, seen_late = await r.job(early.id), await r.job(late.id)
+        assert (seen_early.polls, seen_late.polls) == (1, 0)
+        # The in-flight poll's own rule said t0+1.1+2; the newcomer was promised t0+2.1.
+        assert seen_late.next_poll_at == t0 + 2.1
+
+        assert (await r.at(2.09, t0)).idle
+        assert (await r.at(2.1, t0)).polled == 1
+        assert [q.at for q in r.requests(token)] == [t0 + 1.0, t0 + 2.1]
+        assert ((await r.job(early.id)).polls, (await r.job(late.id)).polls) == (2, 1)
+
+
 # -- pauses -------------------------------------------------------------------------------------
 
 

@@ -118,6 +118,14 @@ SELECT id, watch_id FROM jobs WHERE ended_at < :before ORDER BY ended_at LIMIT :
 INSERT INTO durations (kind, bucket, weight) VALUES (:kind, :bucket, :weight)
 ON CONFLICT (kind, bucket) DO UPDATE SET weight = durations.weight + excluded.weight;
 
+-- name: late_joiners
+-- Jobs that registered after the poll's request went out (the watch is locked): the poll
+-- is not theirs, so it must not count in their polls; what they were promised for their
+-- first poll comes back (created_at stands in on jobs older than the column).
+UPDATE jobs SET polls_base = polls_base + 1
+ WHERE watch_id = :watch_id AND state = 'tracking' AND created_at > :started_at
+RETURNING coalesce(first_poll_at, created_at);
+
 -- name: record_watch
 -- A watch no job tracks any more is idled here: no next poll. A lease is given back by
 -- the owner that holds it, or when the work stops being live (nobody tracks). A replica recording late, after its lease ran out and another took the work
