@@ -25,7 +25,8 @@ class Driver(Protocol):
 
     async def migrate(self) -> int: ...
 
-    async def listen(self, channel: str, callback: Callable[[], None]) -> None: ...
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` for each notice on ``channel`` (no-op for one process)."""
 
     async def close(self) -> None: ...
 
@@ -209,7 +210,17 @@ class Store:
 
     async def listen_pauses(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever any process stores a pause (no-op for one process)."""
-        await self.driver.listen(verbs.PAUSE_CHANNEL, callback)
+        await self.driver.listen(verbs.PAUSE_CHANNEL, lambda _: callback())
+
+    async def listen_cancels(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(job_id)`` whenever any process cancels a job (no-op for one
+        process: the API tells its own scheduler directly)."""
+        await self.driver.listen(verbs.CANCEL_CHANNEL, callback)
+
+    async def delivery_live(self, job_id: str) -> bool:
+        """Whether the job is still ``delivering``: read right before a callback is sent by
+        a claim old enough that a cancel on another replica may have missed its notice."""
+        return await self.driver.run(lambda: verbs.delivery_live(job_id), tx=False)
 
     async def backlog(self, *, now: float) -> dict[str, tuple[int, float | None]]:
         """Work due and not started, for ``poll`` and ``delivery``: (count, oldest due time)."""

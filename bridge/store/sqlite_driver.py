@@ -216,8 +216,8 @@ class SQLiteDriver:
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from None
 
-    async def listen(self, channel: str, callback: Callable[[], None]) -> None:
-        """One process per file: its own pauses are already in memory."""
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """One process per file: what it would hear, it already knows."""
 
     # -- plumbing --------------------------------------------------------------------------
 

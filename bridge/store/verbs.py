@@ -15,7 +15,16 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
+from bridge.model import (
+    DELIVERING,
+    Attempt,
+    DeliveryWork,
+    Job,
+    NewJob,
+    PollRecord,
+    Recorded,
+    WatchWork,
+)
 from bridge.store import queries as q
 from bridge.store import rules
 from bridge.store.base import Conflict
@@ -23,6 +32,9 @@ from bridge.store.queries import Program
 
 # NOTIFY channel on which a stored pause is announced to every replica.
 PAUSE_CHANNEL = "bridge_pauses"
+# NOTIFY channel on which a canceled job's id is announced: a replica holding a claim on
+# its callback drops the attempt before it starts.
+CANCEL_CHANNEL = "bridge_cancels"
 
 
 def ping() -> Program[None]:
@@ -118,6 +130,8 @@ def cancel(tenant: str, job_id: str, now: float) -> Program[tuple[Job, bool] | N
     # Freeze what the job saw, then let the watch go idle if nobody else needs it.
     yield q.exec("cancel_job", **frozen, job_id=job_id, now=now)
     yield q.exec("idle_watches", watch_ids=[watch_id])
+    # Delivered at commit: a replica about to send this job's callback drops it.
+    yield q.notify(CANCEL_CHANNEL, job_id)
     canceled = yield from get_job(tenant, job_id)
     assert canceled is not None
     return canceled, True
@@ -130,6 +144,11 @@ def redeliver(tenant: str, job_id: str, now: float) -> Program[Job | None]:
     rules.redeliver(job)
     yield q.exec("redeliver_job", job_id=job_id, now=now)
     return (yield from get_job(tenant, job_id))
+
+
+def delivery_live(job_id: str) -> Program[bool]:
+    state = yield q.val("job_state", job_id=job_id)
+    return bool(state == DELIVERING)
 
 
 def attempts(tenant: str, job_id: str) -> Program[list[Attempt] | None]:

@@ -865,6 +865,29 @@ async def test_a_late_record_keeps_the_new_owners_lease() -> None:
 
 
 @pg.needs_postgres
+async def test_a_cancel_on_one_replica_reaches_the_others_at_once() -> None:
+    async with pg.postgres_store() as a:
+        assert a.schema is not None
+        b = await PostgresStore.open(pg.POSTGRES_URL, schema=a.schema)
+        try:
+            job_id = await delivering(a, 5)
+            (d,) = await a.claim_due_deliveries("a", now=T0 + 2, lease=LONG, limit=5)
+            heard: asyncio.Queue[str] = asyncio.Queue()
+            await a.listen_cancels(heard.put_nowait)
+            await a.listen_pauses(lambda: heard.put_nowait("(a pause)"))
+            assert await a.delivery_live(d.job_id)
+            assert await b.cancel("alpha", job_id, now=T0 + 3) is not None
+            # Delivered at the cancel's commit; the wait is a safety net, not a measure.
+            assert await asyncio.wait_for(heard.get(), 10) == job_id
+            # The backstop that needs no notice: the job's state, read afresh.
+            assert not await a.delivery_live(job_id)
+            await b.set_pause("throttled", "throttled (429)", T0 + 9, None)
+            assert await asyncio.wait_for(heard.get(), 10) == "(a pause)"
+        finally:
+            await b.close()
+
+
+@pg.needs_postgres
 async def test_open_store_takes_postgresql_urls() -> None:
     for scheme in ("postgresql", "postgres"):
         url = pg.POSTGRES_URL.replace("postgresql://", f"{scheme}://", 1)

@@ -494,6 +494,40 @@ async def test_a_redeliver_sends_the_same_callback_again(tmp_path: Path) -> None
         assert (await r.step()).idle
 
 
+class CanceledElsewhere:
+    """The rig's secrets, read right before an attempt is sent; the first read stands for
+    another replica's DELETE landing meanwhile (no notice reaches this one) while
+    ``wait`` seconds pass on the clock."""
+
+    def __init__(self, r: Rig, job_id: str, wait: float) -> None:
+        self.r, self.job_id, self.wait = r, job_id, wait
+        self.inner = r.sched.secrets
+
+    async def for_tenant(self, tenant: str) -> list[str]:
+        if self.wait is not None:
+            assert await self.r.store.cancel("alpha", self.job_id, now=self.r.clock())
+            self.r.clock.advance(self.wait)
+            self.wait = None
+        return list(await self.inner.for_tenant(tenant))
+
+
+async def test_a_claim_older_than_half_a_second_rereads_a_cancel_before_sending(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        token = r.fake.add_job("video", outcome="finished", duration=0.5)
+        j = await r.register(token, "/canceled")
+        r.clock.advance(1.0)
+        # The poll hands the callback off to this scheduler; before it is sent, the job is
+        # canceled on "another replica" and 0.6 s pass.
+        r.sched.secrets = CanceledElsewhere(r, j.id, 0.6)  # type: ignore[assignment]
+        report = await r.step()
+        assert (report.outcomes, report.attempted) == (1, 0)
+        assert r.rec.calls == []
+        done = await r.job(j.id)
+        assert (done.state, done.attempts) == ("canceled", 0)
+
+
 # -- shutdown -------------------------------------------------------------------------------------
 
 

@@ -72,6 +72,9 @@ SELECT j.*, w.status AS w_status, w.error AS w_error, w.result AS w_result,
 -- name: job_watch
 SELECT watch_id FROM jobs WHERE id = :job_id AND tenant = :tenant;
 
+-- name: job_state
+SELECT state FROM jobs WHERE id = :job_id;
+
 -- name: attempts
 SELECT n, at, duration_ms, response_status, error FROM attempts WHERE job_id = :job_id ORDER BY n;
 
