@@ -163,7 +163,11 @@ class Store:
         )
 
     async def expire_due(self, *, now: float) -> list[Recorded]:
-        """Give ``expired`` to every tracking job past its deadline."""
+        """Give ``expired`` to every tracking job past its deadline.
+
+        First, paused time that has ended is credited to the deadlines of the jobs it
+        held; a kind whose polling is paused now does not expire.
+        """
         return await self.driver.run(lambda: verbs.expire_due(now))
 
     async def claim_due_deliveries(
@@ -196,13 +200,17 @@ class Store:
         """Multiply one kind's histogram by ``factor`` (how old history fades)."""
         await self.driver.run(lambda: verbs.scale_durations(kind, factor), tx=False)
 
-    async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None:
+    async def set_pause(
+        self, key: str, reason: str, until: float, kind: str | None, *, at: float | None = None
+    ) -> None:
         """Record an upstream pause for every process on this database to honour.
 
         A pause never shortens one already stored under ``key`` unless it has ended;
-        ``until`` 0 ends it.
+        ``until`` 0 ends it. ``at`` is when it was taken (or lifted): given, the paused
+        time is kept per kind, so that no job of a paused kind expires and each pause
+        moves the deadlines of the jobs it held by its length (``expire_due``).
         """
-        await self.driver.run(lambda: verbs.set_pause(key, reason, until, kind))
+        await self.driver.run(lambda: verbs.set_pause(key, reason, until, kind, at))
 
     async def pauses(self) -> list[tuple[str, str, float, str | None]]:
         """Every stored pause: (key, reason, until, kind)."""

@@ -226,6 +226,33 @@ def expiry(row: Row, now: float) -> dict[str, Any]:
     return handed(row, "expired", EXPIRED_ERROR, row, now)
 
 
+# -- paused time, credited to deadlines -----------------------------------------------------
+
+Span = tuple[float, float]  # (since, until): polling of a kind paused over it
+
+
+def widen(span: Span | None, at: float, until: float) -> tuple[Span | None, Span]:
+    """A pause taken at ``at`` until ``until``: the span it opens or widens, and the one it
+    leaves to settle (a span that ended before this pause began). Overlapping and
+    extended pauses widen one span, so each stretch of paused time counts once."""
+    if span is None:
+        return None, (at, until)
+    since, end = span
+    if at <= end:
+        return None, (since, max(end, until))
+    return span, (at, until)
+
+
+def narrow(span: Span | None, at: float, others_until: float | None) -> Span | None:
+    """A pause lifted at ``at`` (a good answer): the span ends then, unless other pauses
+    of the kind still hold it (``others_until``, the latest of their ends)."""
+    if span is None:
+        return None
+    since, end = span
+    held = at if others_until is None else max(at, others_until)
+    return since, max(since, min(end, held))
+
+
 # -- the API's changes and callback attempts ---------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from operator import itemgetter
 
 from bridge.model import (
     DELIVERING,
+    KINDS,
     Attempt,
     DeliveryWork,
     Job,
@@ -232,8 +233,31 @@ def record_poll(
     return recorded
 
 
+def _settle(kind: str, span: rules.Span) -> Program[None]:
+    since, until = span
+    yield q.exec("settle_pause_clock", kind=kind, since=since, until=until)
+
+
+def _pause_clocks() -> Program[dict[str, rules.Span | None]]:
+    """Each kind's open paused span, the rows locked (before any watch)."""
+    found = yield q.rows("pause_clocks")
+    return {r[0]: (float(r[1]), float(r[2])) if r[1] is not None else None for r in found}
+
+
 def expire_due(now: float) -> Program[list[Recorded]]:
-    watch_ids = [int(r[0]) for r in (yield q.rows("expiring_watches", now=now))]
+    # Paused time first: a span that has ended moves the deadlines of the jobs it held,
+    # and a kind still paused does not expire at all.
+    held: list[str] = []
+    for kind, span in (yield from _pause_clocks()).items():
+        if span is None:
+            continue
+        if span[1] > now:
+            held.append(kind)
+            continue
+        yield from _settle(kind, span)
+        yield q.exec("close_pause_clock", kind=kind)
+    found = yield q.rows("expiring_watches", now=now, skip_kinds=held)
+    watch_ids = [int(r[0]) for r in found]
     if not watch_ids:
         return []
     yield q.exec("lock_watches", watch_ids=watch_ids)
@@ -282,11 +306,30 @@ def scale_durations(kind: str, factor: float) -> Program[None]:
     yield q.exec("scale_durations", kind=kind, factor=factor)
 
 
-def set_pause(key: str, reason: str, until: float, kind: str | None) -> Program[None]:
+def set_pause(
+    key: str, reason: str, until: float, kind: str | None, at: float | None
+) -> Program[None]:
+    # With ``at`` (when it was taken or lifted) the pause's time is also kept per kind, to
+    # move the deadlines of the jobs it holds (pause_clock); without, only the pause.
+    clocks = (yield from _pause_clocks()) if at is not None else {}
     if until <= 0:
+        kind = yield q.val("pause_kind", key=key)
         yield q.exec("delete_pause", key=key)
     else:
         yield q.exec("store_pause", key=key, reason=reason, until=until, kind=kind)
+    if at is not None:
+        others = [] if until > 0 else (yield q.rows("pauses"))
+        for k in KINDS if kind is None else (kind,):
+            span = clocks.get(k)
+            if until > 0:
+                ended, span = rules.widen(span, at, until)
+                if ended is not None:
+                    yield from _settle(k, ended)
+            else:
+                ends = [float(r[2]) for r in others if r[3] in (None, k) and r[2] > at]
+                span = rules.narrow(span, at, max(ends, default=None))
+            if span is not None and span != clocks.get(k):
+                yield q.exec("open_pause_clock", kind=k, since=span[0], until=span[1])
     # Delivered at commit: every replica listening adopts the pause within milliseconds.
     yield q.notify(PAUSE_CHANNEL, key)
 

@@ -750,6 +750,68 @@ async def test_pauses_are_shared_and_never_shortened(store: Store) -> None:
     assert await store.pauses() == [("throttled", "throttled (429)", T0 + 20, None)]
 
 
+async def test_no_job_expires_while_paused_and_pauses_move_deadlines(store: Store) -> None:
+    early, _ = await store.register(job(token=1), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10)
+    doc, _ = await store.register(
+        job(token=2, kind="document"), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10
+    )
+    # Credentials rejected at T0 + 5 for 5 s, then (growing backoff) for 10 s more, and a
+    # 429 overlapping both: one span, T0 + 5 to T0 + 20, counted once.
+    await store.set_pause("rejected", "credentials rejected (401)", T0 + 10, None, at=T0 + 5)
+    later, _ = await store.register(
+        job(token=3), now=T0 + 8, first_poll_at=T0 + 9, deadline_at=T0 + 18
+    )
+    await store.set_pause("throttled", "throttled (429)", T0 + 12, None, at=T0 + 9)
+    await store.set_pause("rejected", "credentials rejected (401)", T0 + 20, None, at=T0 + 10)
+    for now in (T0 + 10, T0 + 15, T0 + 19.9):
+        assert await store.expire_due(now=now) == []  # no job expires while paused
+    assert await store.expire_due(now=T0 + 20) == []
+    shown = {j.id: j.deadline_at for j in (await store.list_jobs("alpha"))[0]}
+    # Each moved by the paused time after it registered: 15 s, and 12 s for the one
+    # registered during the pause.
+    assert shown == {early.id: T0 + 25, doc.id: T0 + 25, later.id: T0 + 30}
+    # Settled once: later expiries move nothing more.
+    assert await store.expire_due(now=T0 + 24) == []
+    assert await store.expire_due(now=T0 + 25) == [
+        Recorded(early.id, "video", 1, "expired"),
+        Recorded(doc.id, "document", 2, "expired"),
+    ]
+    assert (await store.get_job("alpha", later.id)).deadline_at == T0 + 30  # type: ignore[union-attr]
+
+
+async def test_a_kind_pause_lifted_early_moves_only_its_kind(store: Store) -> None:
+    video, _ = await store.register(job(token=1), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10)
+    doc, _ = await store.register(
+        job(token=2, kind="document"), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10
+    )
+    await store.set_pause("rejected:video", "video refused (400)", T0 + 60, "video", at=T0 + 2)
+    assert await store.expire_due(now=T0 + 10) == [Recorded(doc.id, "document", 2, "expired")]
+    # A good answer at T0 + 6 lifts it: the video job's deadline moves by 4 s.
+    await store.set_pause("rejected:video", "", 0, None, at=T0 + 6)
+    assert await store.expire_due(now=T0 + 13.9) == []
+    assert (await store.get_job("alpha", video.id)).deadline_at == T0 + 14  # type: ignore[union-attr]
+    assert await store.expire_due(now=T0 + 14) == [Recorded(video.id, "video", 1, "expired")]
+
+
+async def test_paused_time_is_kept_across_a_restart_and_by_every_replica(
+    store: Store, tmp_path: Path
+) -> None:
+    j, _ = await store.register(job(token=1), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10)
+    await store.set_pause("throttled", "throttled (429)", T0 + 15, None, at=T0 + 5)
+    if isinstance(store, SQLiteStore):
+        await store.close()
+        other: Store = await SQLiteStore.open(store.path)
+    else:
+        assert isinstance(store, PostgresStore) and store.schema is not None
+        other = await PostgresStore.open(pg.POSTGRES_URL, schema=store.schema)
+    try:
+        assert await other.expire_due(now=T0 + 12) == []
+        assert await other.expire_due(now=T0 + 19.9) == []
+        assert await other.expire_due(now=T0 + 20) == [Recorded(j.id, "video", 1, "expired")]
+    finally:
+        await other.close()
+
+
 async def test_backlog_counts_due_unleased_work(store: Store) -> None:
     assert await store.backlog(now=T0) == {"poll": (0, None), "delivery": (0, None)}
     await delivering(store, 1, at=T0 + 2)

@@ -395,6 +395,45 @@ async def test_a_rejection_pause_grows_on_repeats_and_a_good_answer_lifts_it(
         assert pause is not None and pause.until == t0 + 19.5 + 5.0
 
 
+async def test_a_credentials_pause_moves_the_deadline_and_no_job_expires(
+    tmp_path: Path,
+) -> None:
+    """Keys rejected for longer than the job's deadline: the job does not expire; once
+    Uploadcare answers again it is tracked to its outcome, and its deadline has moved by
+    the time polling was paused."""
+    async with rig(tmp_path, BRIDGE_JOB_DEADLINE="10s") as r:
+        t0 = r.clock()
+        token = r.fake.add_job("video", outcome="finished", duration=19)
+        j = await r.register(token, "/paused")
+        assert j.deadline_at == t0 + 10
+        r.fake.respond_next(401, times=2)
+
+        assert (await r.at(1.0, t0)).polled == 1  # 401: paused 5 s
+        assert (await r.at(6.0, t0)).polled == 1  # 401 again: paused 10 s more
+        assert r.pauses.get("rejected") is not None
+        for offset in (10.0, 12.0, 15.9):  # past the original deadline, still paused
+            assert (await r.at(offset, t0)).idle, offset
+        assert (await r.job(j.id)).state == "tracking"
+
+        resumed = await r.at(16.0, t0)  # Uploadcare answers again
+        assert (resumed.polled, resumed.expired) == (1, 0)
+        assert r.pauses.describe() == {"state": "ok"}
+        # Paused from t0+1 to t0+16: the deadline moved by those 15 s.
+        moved = await r.job(j.id)
+        assert moved.deadline_at == t0 + 25
+        assert moved.to_api()["deadline_at"] == rfc3339(t0 + 25)
+
+        delivered = 0
+        for offset in (18.0, 21.0):  # the growth rule: 2 s, then 3 s
+            delivered += (await r.at(offset, t0)).delivered
+        assert delivered == 1
+        done = await r.job(j.id)
+        assert (done.state, done.outcome, done.deadline_at) == ("delivered", "finished", t0 + 25)
+        payload = await r.verified(r.rec.calls[0])
+        assert payload["data"]["status"] == "finished"
+        assert [q.status for q in r.requests()] == [401, 401, 200, 200, 200]
+
+
 # -- failures, 404s and the deadline --------------------------------------------------------------
 
 

@@ -296,3 +296,20 @@ def test_garbage_is_no_cursor(junk: str) -> None:
     with pytest.raises(BadCursor) as err:
         open_cursor(b"k" * 32, "alpha", junk)
     assert str(err.value) == "cursor is not one this server gave out"
+
+
+# -- paused time ---------------------------------------------------------------------------------
+
+
+def test_pauses_that_overlap_or_extend_widen_one_span() -> None:
+    assert rules.widen(None, 10, 15) == (None, (10, 15))
+    assert rules.widen((10, 15), 12, 14) == (None, (10, 15))  # inside: nothing new
+    assert rules.widen((10, 15), 15, 25) == (None, (10, 25))  # growing backoff: one span
+    assert rules.widen((10, 15), 20, 30) == ((10, 15), (20, 30))  # a gap: settle the first
+
+
+def test_a_lift_ends_the_span_unless_another_pause_holds_it() -> None:
+    assert rules.narrow(None, 12, None) is None
+    assert rules.narrow((10, 25), 12, None) == (10, 12)
+    assert rules.narrow((10, 25), 12, 20) == (10, 20)
+    assert rules.narrow((10, 15), 30, None) == (10, 15)  # ended before the lift

@@ -150,10 +150,6 @@ UPDATE watches
                           THEN NULL ELSE lease_until END
  WHERE id = :watch_id;
 
--- name: expiring_watches
-SELECT DISTINCT watch_id FROM jobs
- WHERE state = 'tracking' AND deadline_at <= :now
- ORDER BY watch_id;
 
 -- -- callbacks -----------------------------------------------------------------------------
 
@@ -193,6 +189,26 @@ ON CONFLICT (key) DO UPDATE
 
 -- name: delete_pause
 DELETE FROM pauses WHERE key = :key;
+
+-- name: pause_kind
+SELECT kind FROM pauses WHERE key = :key;
+
+-- name: open_pause_clock
+-- The kind's paused span, opened or widened (see pause_clock in migration 003).
+INSERT INTO pause_clock (kind, since, until) VALUES (:kind, :since, :until)
+ON CONFLICT (kind) DO UPDATE SET since = excluded.since, until = excluded.until;
+
+-- name: settle_pause_clock
+-- A paused span that has ended moves the deadline of every tracking job of its kind that
+-- it held: by the part of the span after the job registered. A job already past its
+-- deadline when the span began was not held by it.
+UPDATE jobs
+   SET deadline_at = deadline_at + (CAST(:until AS double precision)
+                     - CASE WHEN created_at > :since THEN created_at ELSE :since END)
+ WHERE kind = :kind AND state = 'tracking' AND created_at < :until AND deadline_at > :since;
+
+-- name: close_pause_clock
+UPDATE pause_clock SET since = NULL, until = NULL WHERE kind = :kind;
 
 -- name: pauses
 SELECT key, reason, until, kind FROM pauses ORDER BY key;

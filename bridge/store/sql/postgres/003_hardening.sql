@@ -26,3 +26,6 @@ CREATE TABLE pause_clock (
     since double precision,
     until double precision
 );
+-- A row per kind from the start: writers lock it, so two replicas taking pauses at once
+-- widen one span rather than overwrite each other's.
+INSERT INTO pause_clock (kind) VALUES ('video'), ('document');

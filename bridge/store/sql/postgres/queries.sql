@@ -30,6 +30,10 @@ SELECT 1 FROM jobs WHERE id = :job_id AND tenant = :tenant FOR UPDATE;
 -- name: watch_for_poll
 SELECT * FROM watches WHERE id = :watch_id FOR UPDATE;
 
+-- name: pause_clocks
+-- Locked first by every verb that reads them (set_pause, expire_due), before any watch.
+SELECT kind, since, until FROM pause_clock ORDER BY kind FOR UPDATE;
+
 -- name: outcome_jobs
 -- The jobs a poll decides: those registered before its request went out. Locked and
 -- re-checked: a job canceled meanwhile keeps its cancellation.
@@ -50,6 +54,12 @@ SELECT state, attempts, next_attempt_at, delivered_at, ended_at FROM jobs
  WHERE id = :job_id FOR UPDATE;
 
 -- -- writes on lists -----------------------------------------------------------------------
+
+-- name: expiring_watches
+-- Kinds whose polling is paused do not expire (their deadlines move when it ends).
+SELECT DISTINCT watch_id FROM jobs
+ WHERE state = 'tracking' AND deadline_at <= :now AND kind <> ALL(:skip_kinds::text[])
+ ORDER BY watch_id;
 
 -- name: idle_watches
 -- A watch nobody tracks any more stops being polled, and its lease goes.

@@ -32,3 +32,6 @@ CREATE TABLE pause_clock (
     since REAL,  -- NULL: no open span
     until REAL
 );
+-- A row per kind from the start: writers lock it (PostgreSQL), so two replicas taking
+-- pauses at once widen one span rather than overwrite each other's.
+INSERT INTO pause_clock (kind) VALUES ('video'), ('document');

@@ -20,6 +20,9 @@ SELECT 1 FROM jobs WHERE id = :job_id AND tenant = :tenant;
 -- name: watch_for_poll
 SELECT * FROM watches WHERE id = :watch_id;
 
+-- name: pause_clocks
+SELECT kind, since, until FROM pause_clock ORDER BY kind;
+
 -- name: outcome_jobs
 -- The jobs a poll decides: those registered before its request went out.
 SELECT id, tenant, kind, token, callback_url, metadata, polls_base, attempts FROM jobs
@@ -38,6 +41,13 @@ SELECT j.id, j.kind, j.token, j.metadata, j.polls_base,
 SELECT state, attempts, next_attempt_at, delivered_at, ended_at FROM jobs WHERE id = :job_id;
 
 -- -- writes on lists -----------------------------------------------------------------------
+
+-- name: expiring_watches
+-- Kinds whose polling is paused do not expire (their deadlines move when it ends).
+SELECT DISTINCT watch_id FROM jobs
+ WHERE state = 'tracking' AND deadline_at <= :now
+   AND kind NOT IN (SELECT value FROM json_each(:skip_kinds))
+ ORDER BY watch_id;
 
 -- name: idle_watches
 -- A watch nobody tracks any more stops being polled, and its lease goes.
