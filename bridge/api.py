@@ -22,7 +22,7 @@ from bridge.model import KINDS, MAX_TOKEN, STATES, NewJob, compact_json, fast_js
 from bridge.netpolicy import PolicyViolation
 from bridge.openapi import document as openapi_document
 from bridge.store import Conflict, StoreError
-from bridge.store.base import decode_cursor, encode_cursor
+from bridge.store.base import BadCursor
 
 log = structlog.get_logger("bridge.api")
 
@@ -373,10 +373,8 @@ def _limit(value: str) -> tuple[Any, str | None]:
 
 
 def _cursor(value: str) -> tuple[Any, str | None]:
-    try:
-        return decode_cursor(value), None
-    except ValueError as exc:
-        return None, str(exc)
+    # Opaque: the store opens it for the tenant (BadCursor, see list_jobs).
+    return value, None
 
 
 # Query parameter -> (keyword for Store.list_jobs, parser giving (value, error)).
@@ -416,13 +414,11 @@ def _list_filters(query: Any) -> dict[str, Any]:
 
 async def list_jobs(request: web.Request) -> web.Response:
     filters = _list_filters(request.query)
-    jobs, next_position = await request.app[keys.STORE].list_jobs(request[keys.TENANT], **filters)
-    return _json(
-        {
-            "items": [j.to_api() for j in jobs],
-            "next_cursor": encode_cursor(next_position) if next_position is not None else None,
-        }
-    )
+    try:
+        jobs, next_cursor = await request.app[keys.STORE].list_jobs(request[keys.TENANT], **filters)
+    except BadCursor:
+        _invalid([{"field": "cursor", "message": BadCursor.MESSAGE}])
+    return _json({"items": [j.to_api() for j in jobs], "next_cursor": next_cursor})
 
 
 async def cancel_job(request: web.Request) -> web.Response:

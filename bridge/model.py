@@ -316,6 +316,12 @@ class DeliveryWork:
     outcome_at: float
     due_at: float
 
+    @property
+    def first_round(self) -> bool:
+        """Whether this is the outcome's first round of attempts, not a redelivery (a new
+        round keeps counting ``attempts`` from where the last one ended)."""
+        return self.attempts == self.round_attempts
+
 
 @dataclass(frozen=True, slots=True)
 class Recorded:

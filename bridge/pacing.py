@@ -38,7 +38,9 @@ class TakePause:
 class PauseStore(Protocol):
     """The two store verbs pauses travel by between the processes on one database."""
 
-    async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None: ...
+    async def set_pause(
+        self, key: str, reason: str, until: float, kind: str | None, *, at: float | None = None
+    ) -> None: ...
 
     async def pauses(self) -> list[tuple[str, str, float, str | None]]: ...
 
@@ -60,6 +62,7 @@ class PauseBoard:
         self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
         self._changed: set[str] = set()  # pause keys to write to the store
         self._adopted: set[str] = set()  # pause keys taken from the store, not set here
+        self._at: dict[str, float] = {}  # pause key -> when it was taken or lifted here
 
     # -- what decisions read ---------------------------------------------------------------
 
@@ -77,6 +80,7 @@ class PauseBoard:
         if change.rejections is not None:
             self._rejections[change.key] = change.rejections
         self._changed.add(change.key)
+        self._at[change.key] = self._clock()
         self._adopted.discard(change.key)
 
     def lift(self, key: str) -> None:
@@ -84,16 +88,19 @@ class PauseBoard:
         self._rejections.pop(key, None)
         self._pauses.pop(key, None)
         self._changed.add(key)
+        self._at[key] = self._clock()
 
     async def share(self, store: PauseStore) -> None:
-        """Write pauses taken or lifted here, so every process on the database honours them."""
+        """Write pauses taken or lifted here, so every process on the database honours them
+        (and the store moves the deadlines of the jobs they hold)."""
         while self._changed:
             key = self._changed.pop()
             pause = self._pauses.get(key)
+            at = self._at.pop(key, None)
             if pause is None:
-                await store.set_pause(key, "", 0, None)
+                await store.set_pause(key, "", 0, None, at=at)
             else:
-                await store.set_pause(key, pause.reason, pause.until, pause.kind)
+                await store.set_pause(key, pause.reason, pause.until, pause.kind, at=at)
 
     async def adopt(self, store: PauseStore, now: float) -> None:
         """Take up pauses other processes stored (a 429 seen by any replica stops them all)."""

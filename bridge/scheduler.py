@@ -60,6 +60,9 @@ EXPIRY_EVERY = 1.0
 HAND_OFF = 8
 # How often the poll plans are rebuilt from the durations the store has learned.
 PLAN_EVERY = 5.0
+# A callback claimed longer ago than this re-reads its job's state right before it is
+# sent: a DELETE on another replica whose notice was lost still stops it within 1 s.
+CANCEL_RECHECK = 0.5
 PAUSED_MESSAGE = (
     "Uploadcare refused the bridge's requests; check UPLOADCARE_PUBLIC_KEY, "
     "UPLOADCARE_SECRET_KEY, BRIDGE_UPSTREAM_AUTH and the project's features. No job "
@@ -135,6 +138,7 @@ class Scheduler:
         self._polls: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, bool] = {}  # job id -> canceled while in flight
+        self._claimed_at: dict[str, float] = {}  # job id -> when its callback was claimed
         self._wake = asyncio.Event()
         self._sleeping_until = 0.0  # when the idle loop will look again by itself
         self._short_of_slots = False  # the last look left due work for lack of free slots
@@ -199,9 +203,29 @@ class Scheduler:
             self._wake.set()
 
     def note_canceled(self, job_id: str) -> None:
-        """A job was canceled through the API: an attempt not yet sent must not start."""
+        """A job was canceled (through this process's API, or another replica's notice):
+        an attempt not yet sent must not start."""
         if job_id in self._in_flight:
             self._in_flight[job_id] = True
+
+    async def may_send(self, job_id: str) -> bool:
+        """Right before a claimed callback goes on the wire: False if its job was canceled.
+
+        Free for a fresh claim: the in-flight map, which DELETEs here and other replicas'
+        cancel notices mark. A claim older than CANCEL_RECHECK also re-reads the job, so
+        that no attempt starts later than 1 s after a DELETE anywhere, notices or not.
+        """
+        if self._in_flight.get(job_id):
+            return False
+        claimed = self._claimed_at.get(job_id)
+        if claimed is not None and self.monotonic() - claimed > CANCEL_RECHECK:
+            return await self.store.delivery_live(job_id)
+        return True
+
+    async def listen_for_notices(self) -> None:
+        """Hear other replicas' pauses and cancels as they commit (PostgreSQL)."""
+        await self.store.listen_pauses(self._pause_notice)
+        await self.store.listen_cancels(self.note_canceled)
 
     def stop_claiming(self) -> None:
         """The first step of a shutdown: take no new work; what is in flight goes on.
@@ -244,9 +268,10 @@ class Scheduler:
 
     async def _run(self) -> None:
         try:
-            await self.store.listen_pauses(self._pause_notice)
+            await self.listen_for_notices()
         except StoreError as exc:
-            # Pauses still reach this process each second through the store.
+            # Pauses still reach this process each second through the store, and a cancel
+            # through may_send's re-read.
             log.warning("pause_notices_unavailable", error=str(exc))
         while not self._stopping:
             try:
@@ -327,6 +352,7 @@ class Scheduler:
 
     def _start_delivery(self, d: DeliveryWork, step: _Step) -> None:
         self._in_flight[d.job_id] = False
+        self._claimed_at[d.job_id] = self.monotonic()
         self._spawn(self._deliveries, self._deliver(d, step), step)
 
     async def _replan(self) -> None:
@@ -487,11 +513,12 @@ class Scheduler:
             log.exception("delivery_failed", job_id=d.job_id, kind=d.kind, token=d.token)
         finally:
             self._in_flight.pop(d.job_id, None)
+            self._claimed_at.pop(d.job_id, None)
 
     async def _attempt(self, d: DeliveryWork, step: _Step) -> None:
         kw = {"job_id": d.job_id, "kind": d.kind, "token": d.token}
         secrets = await self.secrets.for_tenant(d.tenant)
-        if self._in_flight.get(d.job_id):
+        if not await self.may_send(d.job_id):
             log.info("delivery_skipped_canceled", **kw)
             return
         self.metrics.scheduler_lag.observe(max(0.0, self.clock() - d.due_at))
@@ -518,8 +545,9 @@ class Scheduler:
         if state == model.DELIVERED:
             step.done.delivered += 1
             self.metrics.deliveries.labels("delivered").inc()
-            finished = res.started_at + res.duration
-            self.metrics.notification_latency.observe(max(0.0, finished - d.outcome_at))
+            if d.first_round:  # a redelivery days later is not the outcome's latency
+                finished = res.started_at + res.duration
+                self.metrics.notification_latency.observe(max(0.0, finished - d.outcome_at))
             log.info("job_delivered", n=attempt.n, status=res.status, **kw)
         elif state == model.UNDELIVERABLE:
             self.metrics.deliveries.labels("undeliverable").inc()

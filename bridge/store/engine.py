@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from bridge import model
 from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
 from bridge.store import verbs
+from bridge.store.base import open_cursor, seal_cursor
 from bridge.store.queries import Program
 
 T = TypeVar("T")
@@ -22,7 +25,8 @@ class Driver(Protocol):
 
     async def migrate(self) -> int: ...
 
-    async def listen(self, channel: str, callback: Callable[[], None]) -> None: ...
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` for each notice on ``channel`` (no-op for one process)."""
 
     async def close(self) -> None: ...
 
@@ -38,6 +42,7 @@ class Store:
         """Raise if the database does not answer."""
         """Apply pending schema migrations; return the schema version."""
         self.driver = driver
+        self._cursor_secret: bytes | None = None
 
     async def close(self) -> None:
         await self.driver.close()
@@ -73,12 +78,28 @@ class Store:
         kind: str | None = None,
         token: int | None = None,
         limit: int = 100,
-        before: int | None = None,
-    ) -> tuple[list[Job], int | None]:
-        """Newest first; ``before`` is the cursor a previous page returned."""
-        return await self.driver.run(
-            lambda: verbs.list_jobs(tenant, state, kind, token, limit, before), tx=False
+        before: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """Newest first, and the cursor of the next page (None on the last one).
+
+        ``before`` is a cursor a previous page returned to this tenant: opaque, sealed
+        under the key the servers on this database share. BadCursor for any other.
+        """
+        key = await self._cursor_key()
+        position = None if before is None else open_cursor(key, tenant, before)
+        jobs, last = await self.driver.run(
+            lambda: verbs.list_jobs(tenant, state, kind, token, limit, position), tx=False
         )
+        return jobs, None if last is None else seal_cursor(key, tenant, last)
+
+    async def _cursor_key(self) -> bytes:
+        """The key that seals listing cursors: made once for the database, then kept."""
+        if self._cursor_secret is None:
+            candidate = os.urandom(32).hex()
+            now = time.time()
+            found = await self.driver.run(lambda: verbs.server_key("cursor", candidate, now))
+            self._cursor_secret = bytes.fromhex(found)
+        return self._cursor_secret
 
     async def cancel(self, tenant: str, job_id: str, *, now: float) -> tuple[Job, bool] | None:
         """Stop a tracking or delivering job; return it and whether this call changed it.
@@ -142,7 +163,11 @@ class Store:
         )
 
     async def expire_due(self, *, now: float) -> list[Recorded]:
-        """Give ``expired`` to every tracking job past its deadline."""
+        """Give ``expired`` to every tracking job past its deadline.
+
+        First, paused time that has ended is credited to the deadlines of the jobs it
+        held; a kind whose polling is paused now does not expire.
+        """
         return await self.driver.run(lambda: verbs.expire_due(now))
 
     async def claim_due_deliveries(
@@ -175,13 +200,17 @@ class Store:
         """Multiply one kind's histogram by ``factor`` (how old history fades)."""
         await self.driver.run(lambda: verbs.scale_durations(kind, factor), tx=False)
 
-    async def set_pause(self, key: str, reason: str, until: float, kind: str | None) -> None:
+    async def set_pause(
+        self, key: str, reason: str, until: float, kind: str | None, *, at: float | None = None
+    ) -> None:
         """Record an upstream pause for every process on this database to honour.
 
         A pause never shortens one already stored under ``key`` unless it has ended;
-        ``until`` 0 ends it.
+        ``until`` 0 ends it. ``at`` is when it was taken (or lifted): given, the paused
+        time is kept per kind, so that no job of a paused kind expires and each pause
+        moves the deadlines of the jobs it held by its length (``expire_due``).
         """
-        await self.driver.run(lambda: verbs.set_pause(key, reason, until, kind))
+        await self.driver.run(lambda: verbs.set_pause(key, reason, until, kind, at))
 
     async def pauses(self) -> list[tuple[str, str, float, str | None]]:
         """Every stored pause: (key, reason, until, kind)."""
@@ -189,7 +218,17 @@ class Store:
 
     async def listen_pauses(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever any process stores a pause (no-op for one process)."""
-        await self.driver.listen(verbs.PAUSE_CHANNEL, callback)
+        await self.driver.listen(verbs.PAUSE_CHANNEL, lambda _: callback())
+
+    async def listen_cancels(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(job_id)`` whenever any process cancels a job (no-op for one
+        process: the API tells its own scheduler directly)."""
+        await self.driver.listen(verbs.CANCEL_CHANNEL, callback)
+
+    async def delivery_live(self, job_id: str) -> bool:
+        """Whether the job is still ``delivering``: read right before a callback is sent by
+        a claim old enough that a cancel on another replica may have missed its notice."""
+        return await self.driver.run(lambda: verbs.delivery_live(job_id), tx=False)
 
     async def backlog(self, *, now: float) -> dict[str, tuple[int, float | None]]:
         """Work due and not started, for ``poll`` and ``delivery``: (count, oldest due time)."""

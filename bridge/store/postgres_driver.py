@@ -120,6 +120,7 @@ class PostgresDriver:
         self.schema = schema
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        self._channels: set[str] = set()
         password = urlsplit(dsn).password
         self._secrets = tuple(p for p in {password, unquote(password or "")} if p)
 
@@ -199,6 +200,7 @@ class PostgresDriver:
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None
+        self._channels.clear()
         if listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.close(), 5)
@@ -222,13 +224,16 @@ class PostgresDriver:
         except TimeoutError:
             raise StoreError(f"PostgreSQL at {self.where} did not answer within 5s") from None
 
-    async def listen(self, channel: str, callback: Callable[[], None]) -> None:
-        if self._listener is not None:
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """One connection listens on every channel; one callback per channel."""
+        if channel in self._channels:
             return
         settings = {"search_path": quote_ident(self.schema)} if self.schema else {}
         try:
-            self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
-            await self._listener.add_listener(channel, lambda *_: callback())
+            if self._listener is None:
+                self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
+            await self._listener.add_listener(channel, lambda *a: callback(str(a[-1])))
+            self._channels.add(channel)
         except Exception as exc:
             raise StoreError(
                 f"cannot listen on PostgreSQL at {self.where}: {self._reason(exc)}"

@@ -6,6 +6,7 @@ dicts a rule returns are named after the parameters of the statement that writes
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -70,6 +71,15 @@ def page(rows: Sequence[Row], limit: int) -> tuple[list[Job], int | None]:
 # -- registration ----------------------------------------------------------------------------
 
 
+def url_digest(url: str) -> bytes:
+    """What registration's unique index holds for a callback URL: SHA-256 of its UTF-8.
+
+    A digest, not the URL: a 2048-character URL of 4-byte characters is past what a
+    PostgreSQL index row holds. Equality is still checked on the URL itself.
+    """
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest()
+
+
 def same_metadata(stored: str | None, new: str | None) -> bool:
     """Whether two metadata JSON texts hold the same JSON value: members in any order,
     numbers by numeric value (``1`` and ``1.0`` are the same; ``true`` is not ``1``)."""
@@ -126,12 +136,20 @@ def seen(watch: Row, rec: PollRecord) -> dict[str, Any]:
     }
 
 
-def polled(watch: Row, rec: PollRecord, seen: Mapping[str, Any]) -> dict[str, Any]:
+def polled(
+    watch: Row, rec: PollRecord, seen: Mapping[str, Any], promised: float | None = None
+) -> dict[str, Any]:
     """The watch row after the poll, while a job still tracks it (``record_watch`` idles
-    a watch nobody tracks: no next poll, and its lease goes, whoever holds it)."""
+    a watch nobody tracks: no next poll, and its lease goes, whoever holds it).
+
+    ``promised`` is the earliest first poll promised to a job that registered while this
+    poll was in flight: the poll is not its, so the next one comes no later than that.
+    """
     # After an outcome, jobs that joined while the deciding poll was in flight get a poll
     # of their own, at once.
     next_poll_at = rec.polled_at if rec.outcome is not None else rec.next_poll_at
+    if promised is not None:
+        next_poll_at = min(next_poll_at, promised)
     return {
         **seen,
         "not_found": rec.not_found,
@@ -207,6 +225,33 @@ def first_delivery(job: Row, body: bytes, at: float) -> DeliveryWork:
 def expiry(row: Row, now: float) -> dict[str, Any]:
     """A tracking job past its deadline (``row``: the job with what its watch has seen)."""
     return handed(row, "expired", EXPIRED_ERROR, row, now)
+
+
+# -- paused time, credited to deadlines -----------------------------------------------------
+
+Span = tuple[float, float]  # (since, until): polling of a kind paused over it
+
+
+def widen(span: Span | None, at: float, until: float) -> tuple[Span | None, Span]:
+    """A pause taken at ``at`` until ``until``: the span it opens or widens, and the one it
+    leaves to settle (a span that ended before this pause began). Overlapping and
+    extended pauses widen one span, so each stretch of paused time counts once."""
+    if span is None:
+        return None, (at, until)
+    since, end = span
+    if at <= end:
+        return None, (since, max(end, until))
+    return span, (at, until)
+
+
+def narrow(span: Span | None, at: float, others_until: float | None) -> Span | None:
+    """A pause lifted at ``at`` (a good answer): the span ends then, unless other pauses
+    of the kind still hold it (``others_until``, the latest of their ends)."""
+    if span is None:
+        return None
+    since, end = span
+    held = at if others_until is None else max(at, others_until)
+    return since, max(since, min(end, held))
 
 
 # -- the API's changes and callback attempts ---------------------------------------------------

@@ -26,6 +26,7 @@ from bridge.store import verbs
 from bridge.store.base import StoreError
 from bridge.store.engine import Store
 from bridge.store.queries import Op, Program, load, migrations
+from bridge.store.rules import url_digest
 
 T = TypeVar("T")
 
@@ -51,6 +52,10 @@ _STATEMENTS = {
     name: (query.text, tuple(re.findall(r"json_each\(:(\w+)\)", query.text)))
     for name, query in QUERIES.items()
 }
+
+
+def _sha256(text: str | None) -> bytes | None:
+    return None if text is None else url_digest(text)
 
 
 def _bind(lists: tuple[str, ...], params: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +127,8 @@ class SQLiteDriver:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Migration 003 fills jobs.url_digest with it; verbs compute it in Python.
+            conn.create_function("bridge_sha256", 1, _sha256, deterministic=True)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._conn = conn
@@ -209,8 +216,8 @@ class SQLiteDriver:
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from None
 
-    async def listen(self, channel: str, callback: Callable[[], None]) -> None:
-        """One process per file: its own pauses are already in memory."""
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """One process per file: what it would hear, it already knows."""
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -15,13 +15,27 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
+from bridge.model import (
+    DELIVERING,
+    KINDS,
+    Attempt,
+    DeliveryWork,
+    Job,
+    NewJob,
+    PollRecord,
+    Recorded,
+    WatchWork,
+)
 from bridge.store import queries as q
 from bridge.store import rules
+from bridge.store.base import Conflict
 from bridge.store.queries import Program
 
 # NOTIFY channel on which a stored pause is announced to every replica.
 PAUSE_CHANNEL = "bridge_pauses"
+# NOTIFY channel on which a canceled job's id is announced: a replica holding a claim on
+# its callback drops the attempt before it starts.
+CANCEL_CHANNEL = "bridge_cancels"
 
 
 def ping() -> Program[None]:
@@ -34,6 +48,7 @@ def register(
     p = {"job_id": job_id, "now": now, "first_poll_at": first_poll_at, "deadline_at": deadline_at}
     p |= {"tenant": new.tenant, "kind": new.kind, "token": new.token}
     p |= {"callback_url": new.callback_url, "metadata": new.metadata}
+    p["url_digest"] = rules.url_digest(new.callback_url)
     # The watch row lock serializes every registration of this (kind, token).
     watch, made = None, 0
     while watch is None and not made:
@@ -46,7 +61,7 @@ def register(
     p["watch_id"] = None if watch is None else watch["id"]
     # A watch this registration made has no jobs yet: nothing to compare against.
     look = watch is not None
-    while True:
+    for _ in range(3):
         existing_id = (yield q.val("registered_job", p)) if look else None
         existing = None if existing_id is None else (yield from get_job(new.tenant, existing_id))
         kept = rules.registration(None if watch is None else watch["owner"], existing, new)
@@ -60,6 +75,10 @@ def register(
             break
         look = True
         # A duplicate committed despite the watch lock: decide against it, as above.
+    else:
+        # The index holds a job whose URL has the same digest but other bytes: SHA-256
+        # collided. Never a loop, never a 500.
+        raise Conflict("a job for this kind and token exists with a colliding callback_url")
     created = yield from get_job(new.tenant, job_id)
     assert created is not None
     return created, True
@@ -112,6 +131,8 @@ def cancel(tenant: str, job_id: str, now: float) -> Program[tuple[Job, bool] | N
     # Freeze what the job saw, then let the watch go idle if nobody else needs it.
     yield q.exec("cancel_job", **frozen, job_id=job_id, now=now)
     yield q.exec("idle_watches", watch_ids=[watch_id])
+    # Delivered at commit: a replica about to send this job's callback drops it.
+    yield q.notify(CANCEL_CHANNEL, job_id)
     canceled = yield from get_job(tenant, job_id)
     assert canceled is not None
     return canceled, True
@@ -126,6 +147,11 @@ def redeliver(tenant: str, job_id: str, now: float) -> Program[Job | None]:
     return (yield from get_job(tenant, job_id))
 
 
+def delivery_live(job_id: str) -> Program[bool]:
+    state = yield q.val("job_state", job_id=job_id)
+    return bool(state == DELIVERING)
+
+
 def attempts(tenant: str, job_id: str) -> Program[list[Attempt] | None]:
     if (yield q.val("job_watch", tenant=tenant, job_id=job_id)) is None:
         return None
@@ -136,6 +162,12 @@ def signing_secret(tenant: str, candidate: str, now: float) -> Program[str]:
     # The first replica to insert wins; every other one reads the winner's secret.
     yield q.exec("offer_secret", tenant=tenant, secret=candidate, now=now)
     return str((yield q.val("secret", tenant=tenant)))
+
+
+def server_key(name: str, candidate: str, now: float) -> Program[str]:
+    # As signing_secret: the first server to insert wins, every other one reads its key.
+    yield q.exec("offer_server_key", name=name, secret=candidate, now=now)
+    return str((yield q.val("server_key", name=name)))
 
 
 def count_by_state() -> Program[dict[str, int]]:
@@ -153,8 +185,8 @@ def purge_batch(before: float, batch: int) -> Program[tuple[int, bool]]:
     # Attempts go with their job (ON DELETE CASCADE). The condition is checked again on
     # the locked rows: a job redelivered meanwhile stays.
     deleted = yield q.rows("delete_jobs", job_ids=[r["id"] for r in found], before=before)
-    # A watch nobody refers to any more frees its token for any tenant.
-    yield q.exec("delete_watches", watch_ids=watch_ids)
+    # A watch nobody refers to any more stays, idle: its owner keeps the token for good.
+    yield q.exec("strip_watches", watch_ids=watch_ids)
     return len(deleted), True
 
 
@@ -191,14 +223,41 @@ def record_poll(
             jobs, rec, seen, owner=owner, lease=lease, deliver=deliver
         )
         yield q.many("hand_outcome", updates)
+    # Jobs that joined while the request was on the wire: this poll is not theirs (it does
+    # not count in their polls) and their first poll stays when it was promised.
+    joined = yield q.rows("late_joiners", watch_id=watch_id, started_at=rec.started_at)
+    promised = min((float(r[0]) for r in joined), default=None)
     # With nobody tracking it any more, the statement idles the watch and ends its lease.
-    after = rules.polled(watch, rec, seen)
+    after = rules.polled(watch, rec, seen, promised)
     yield q.exec("record_watch", after, owner=owner, watch_id=watch_id)
     return recorded
 
 
+def _settle(kind: str, span: rules.Span) -> Program[None]:
+    since, until = span
+    yield q.exec("settle_pause_clock", kind=kind, since=since, until=until)
+
+
+def _pause_clocks() -> Program[dict[str, rules.Span | None]]:
+    """Each kind's open paused span, the rows locked (before any watch)."""
+    found = yield q.rows("pause_clocks")
+    return {r[0]: (float(r[1]), float(r[2])) if r[1] is not None else None for r in found}
+
+
 def expire_due(now: float) -> Program[list[Recorded]]:
-    watch_ids = [int(r[0]) for r in (yield q.rows("expiring_watches", now=now))]
+    # Paused time first: a span that has ended moves the deadlines of the jobs it held,
+    # and a kind still paused does not expire at all.
+    held: list[str] = []
+    for kind, span in (yield from _pause_clocks()).items():
+        if span is None:
+            continue
+        if span[1] > now:
+            held.append(kind)
+            continue
+        yield from _settle(kind, span)
+        yield q.exec("close_pause_clock", kind=kind)
+    found = yield q.rows("expiring_watches", now=now, skip_kinds=held)
+    watch_ids = [int(r[0]) for r in found]
     if not watch_ids:
         return []
     yield q.exec("lock_watches", watch_ids=watch_ids)
@@ -247,11 +306,30 @@ def scale_durations(kind: str, factor: float) -> Program[None]:
     yield q.exec("scale_durations", kind=kind, factor=factor)
 
 
-def set_pause(key: str, reason: str, until: float, kind: str | None) -> Program[None]:
+def set_pause(
+    key: str, reason: str, until: float, kind: str | None, at: float | None
+) -> Program[None]:
+    # With ``at`` (when it was taken or lifted) the pause's time is also kept per kind, to
+    # move the deadlines of the jobs it holds (pause_clock); without, only the pause.
+    clocks = (yield from _pause_clocks()) if at is not None else {}
     if until <= 0:
+        kind = yield q.val("pause_kind", key=key)
         yield q.exec("delete_pause", key=key)
     else:
         yield q.exec("store_pause", key=key, reason=reason, until=until, kind=kind)
+    if at is not None:
+        others = [] if until > 0 else (yield q.rows("pauses"))
+        for k in KINDS if kind is None else (kind,):
+            span = clocks.get(k)
+            if until > 0:
+                ended, span = rules.widen(span, at, until)
+                if ended is not None:
+                    yield from _settle(k, ended)
+            else:
+                ends = [float(r[2]) for r in others if r[3] in (None, k) and r[2] > at]
+                span = rules.narrow(span, at, max(ends, default=None))
+            if span is not None and span != clocks.get(k):
+                yield q.exec("open_pause_clock", kind=k, since=span[0], until=span[1])
     # Delivered at commit: every replica listening adopts the pause within milliseconds.
     yield q.notify(PAUSE_CHANNEL, key)
 

@@ -24,6 +24,7 @@ from bridge.model import (
 )
 from bridge.settings import Database
 from bridge.store import Conflict, Store, StoreError, open_store
+from bridge.store.base import BadCursor
 from bridge.store.postgres_driver import PostgresStore
 from bridge.store.queries import migrations
 from bridge.store.sqlite_driver import SQLiteStore
@@ -151,6 +152,31 @@ async def test_listing_pages_newest_first(store: Store) -> None:
     assert (await store.list_jobs("beta"))[0] == []
 
 
+async def test_cursors_are_sealed_for_their_tenant_with_a_kept_key(
+    store: Store, tmp_path: Path
+) -> None:
+    for t in range(1, 4):
+        await reg(store, job(token=t))
+    _, cursor = await store.list_jobs("alpha", limit=1)
+    assert cursor is not None
+    with pytest.raises(BadCursor):
+        await store.list_jobs("beta", before=cursor)
+    for junk in ("", "djE6Mw", cursor[:-2], cursor + "A", "\u00e9" * 55):
+        with pytest.raises(BadCursor):
+            await store.list_jobs("alpha", before=junk)
+    # Another server on the database (or this one after a restart) opens it: the key is kept.
+    if isinstance(store, SQLiteStore):
+        other: Store = await SQLiteStore.open(store.path, exclusive=False)
+    else:
+        assert isinstance(store, PostgresStore) and store.schema is not None
+        other = await PostgresStore.open(pg.POSTGRES_URL, schema=store.schema)
+    try:
+        page, _ = await other.list_jobs("alpha", limit=5, before=cursor)
+        assert [j.token for j in page] == [2, 1]
+    finally:
+        await other.close()
+
+
 async def test_counts_and_retention(store: Store) -> None:
     keep, _ = await reg(store, job(token=1))
     old, _ = await reg(store, job(token=2))
@@ -162,9 +188,48 @@ async def test_counts_and_retention(store: Store) -> None:
     assert await store.get_job("alpha", old) is None
     assert await store.get_job("alpha", recent) is not None
     assert await store.get_job("alpha", keep) is not None
-    # The purged job's token is free again, for any tenant.
-    _, created = await reg(store, job(token=2, tenant="beta"))
+    # Ownership outlives retention: the purged job's token is still alpha's, not free.
+    with pytest.raises(Conflict, match="another tenant"):
+        await reg(store, job(token=2, tenant="beta"))
+    assert await rows_in(store, "watches") == 3  # kept, idle, as the owner's record
+    # Its owner registers it again: the idle watch is armed afresh.
+    again, created = await reg(store, job(token=2), now=T0 + 200)
     assert created
+    j = await store.get_job("alpha", again)
+    assert j is not None and (j.state, j.polls, j.next_poll_at) == ("tracking", 0, T0 + 201)
+
+
+async def test_ownership_survives_a_purge_of_a_watched_token(store: Store) -> None:
+    # A token whose only job was delivered, then purged: beta still cannot take it.
+    gone, _ = await reg(store, job(token=11))
+    (w,) = await store.claim_due_watches("p", now=T0 + 1, lease=LONG, limit=1)
+    done = seen(T0 + 1, T0 + 1, status="finished", result='{"uuid":"u"}', outcome="finished")
+    await store.record_poll(w.id, "p", done)
+    await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
+    ok = attempt(1, T0 + 2, 200)
+    assert await store.record_attempt(gone, "a", ok, next_state="delivered", next_attempt_at=None)
+    assert await store.purge_ended(before=T0 + 10) == 1
+    with pytest.raises(Conflict):
+        await reg(store, job(token=11, tenant="beta"), now=T0 + 20)
+    # What the watch saw (the file's uuid) went with the jobs; a new round starts afresh.
+    mine, _ = await reg(store, job(token=11), now=T0 + 30)
+    j = await store.get_job("alpha", mine)
+    assert j is not None and (j.upstream_status, j.upstream_result) == (None, None)
+
+
+@pytest.mark.parametrize("char", ["\u20ac", "\U0001f600"])  # 3 and 4 bytes in UTF-8
+async def test_a_2048_character_non_ascii_url_registers(store: Store, char: str) -> None:
+    head = "http://127.0.0.1:9/"
+    url = head + char * (2048 - len(head))
+    other = head + char * (2047 - len(head)) + "x"
+    assert len(url) == len(other) == 2048
+    first, created = await reg(store, job(token=12, url=url))
+    assert created
+    assert await reg(store, job(token=12, url=url)) == (first, False)  # idempotent
+    second, created = await reg(store, job(token=12, url=other))
+    assert created and second != first
+    j = await store.get_job("alpha", first)
+    assert j is not None and j.callback_url == url
 
 
 async def test_signing_secret_is_made_once(store: Store, tmp_path: Path) -> None:
@@ -420,9 +485,28 @@ async def test_an_outcome_goes_to_every_job_registered_by_the_poll(store: Store)
     )
     assert recorded == [Recorded(c, "video", 7, "finished")]
     jc = await store.get_job("alpha", c)
-    assert jc is not None and (jc.state, jc.polls) == ("delivering", 2)
+    # Only its own poll counts: the one in flight when it registered does not.
+    assert jc is not None and (jc.state, jc.polls) == ("delivering", 1)
     # Nobody tracks the watch any more: it idles.
     assert await store.claim_due_watches("a", now=T0 + 1000, lease=LONG, limit=5) == []
+
+
+async def test_a_job_joining_during_a_poll_keeps_its_first_poll(store: Store) -> None:
+    a = await reg_at(store, job(token=8, url="http://127.0.0.1:9/a"), T0, T0 + 1)
+    (w,) = await store.claim_due_watches("p", now=T0 + 1, lease=LONG, limit=5)
+    # c registers at T0 + 1.3, its first poll promised at T0 + 2.3, while the poll that
+    # went out at T0 + 1.2 is on the wire; that poll's own rule says T0 + 60.
+    c = await reg_at(store, job(token=8, url="http://127.0.0.1:9/c"), T0 + 1.3, T0 + 2.3)
+    await store.record_poll(w.id, "p", seen(T0 + 1.2, T0 + 1.4, next_at=T0 + 60))
+    ja, jc = await store.get_job("alpha", a), await store.get_job("alpha", c)
+    assert ja is not None and jc is not None
+    assert (ja.polls, jc.polls) == (1, 0)  # the poll that started before c is not c's
+    assert ja.next_poll_at == jc.next_poll_at == T0 + 2.3
+    assert await store.claim_due_watches("p", now=T0 + 2.29, lease=LONG, limit=5) == []
+    (w,) = await store.claim_due_watches("p", now=T0 + 2.3, lease=LONG, limit=5)
+    await store.record_poll(w.id, "p", seen(T0 + 2.3, T0 + 2.4, next_at=T0 + 60))
+    jc = await store.get_job("alpha", c)
+    assert jc is not None and (jc.polls, jc.next_poll_at) == (1, T0 + 60)
 
 
 async def test_three_404s_end_in_not_found(store: Store) -> None:
@@ -622,7 +706,7 @@ async def test_purge_ended_deletes_attempts_too(store: Store) -> None:
     assert await store.get_job("alpha", gone) is None
     assert await store.attempts("alpha", kept) == [attempt(1, T0 + 2, 500)]
     assert await rows_in(store, "attempts") == 1
-    assert await rows_in(store, "watches") == 1
+    assert await rows_in(store, "watches") == 2  # the purged job's stays: its owner's record
 
 
 async def test_release_gives_back_every_lease_of_its_owner(store: Store) -> None:
@@ -664,6 +748,68 @@ async def test_pauses_are_shared_and_never_shortened(store: Store) -> None:
     await store.set_pause("throttled", "throttled (429)", T0 + 20, None)
     await store.set_pause("rejected:video", "", 0, None)
     assert await store.pauses() == [("throttled", "throttled (429)", T0 + 20, None)]
+
+
+async def test_no_job_expires_while_paused_and_pauses_move_deadlines(store: Store) -> None:
+    early, _ = await store.register(job(token=1), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10)
+    doc, _ = await store.register(
+        job(token=2, kind="document"), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10
+    )
+    # Credentials rejected at T0 + 5 for 5 s, then (growing backoff) for 10 s more, and a
+    # 429 overlapping both: one span, T0 + 5 to T0 + 20, counted once.
+    await store.set_pause("rejected", "credentials rejected (401)", T0 + 10, None, at=T0 + 5)
+    later, _ = await store.register(
+        job(token=3), now=T0 + 8, first_poll_at=T0 + 9, deadline_at=T0 + 18
+    )
+    await store.set_pause("throttled", "throttled (429)", T0 + 12, None, at=T0 + 9)
+    await store.set_pause("rejected", "credentials rejected (401)", T0 + 20, None, at=T0 + 10)
+    for now in (T0 + 10, T0 + 15, T0 + 19.9):
+        assert await store.expire_due(now=now) == []  # no job expires while paused
+    assert await store.expire_due(now=T0 + 20) == []
+    shown = {j.id: j.deadline_at for j in (await store.list_jobs("alpha"))[0]}
+    # Each moved by the paused time after it registered: 15 s, and 12 s for the one
+    # registered during the pause.
+    assert shown == {early.id: T0 + 25, doc.id: T0 + 25, later.id: T0 + 30}
+    # Settled once: later expiries move nothing more.
+    assert await store.expire_due(now=T0 + 24) == []
+    assert await store.expire_due(now=T0 + 25) == [
+        Recorded(early.id, "video", 1, "expired"),
+        Recorded(doc.id, "document", 2, "expired"),
+    ]
+    assert (await store.get_job("alpha", later.id)).deadline_at == T0 + 30  # type: ignore[union-attr]
+
+
+async def test_a_kind_pause_lifted_early_moves_only_its_kind(store: Store) -> None:
+    video, _ = await store.register(job(token=1), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10)
+    doc, _ = await store.register(
+        job(token=2, kind="document"), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10
+    )
+    await store.set_pause("rejected:video", "video refused (400)", T0 + 60, "video", at=T0 + 2)
+    assert await store.expire_due(now=T0 + 10) == [Recorded(doc.id, "document", 2, "expired")]
+    # A good answer at T0 + 6 lifts it: the video job's deadline moves by 4 s.
+    await store.set_pause("rejected:video", "", 0, None, at=T0 + 6)
+    assert await store.expire_due(now=T0 + 13.9) == []
+    assert (await store.get_job("alpha", video.id)).deadline_at == T0 + 14  # type: ignore[union-attr]
+    assert await store.expire_due(now=T0 + 14) == [Recorded(video.id, "video", 1, "expired")]
+
+
+async def test_paused_time_is_kept_across_a_restart_and_by_every_replica(
+    store: Store, tmp_path: Path
+) -> None:
+    j, _ = await store.register(job(token=1), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10)
+    await store.set_pause("throttled", "throttled (429)", T0 + 15, None, at=T0 + 5)
+    if isinstance(store, SQLiteStore):
+        await store.close()
+        other: Store = await SQLiteStore.open(store.path)
+    else:
+        assert isinstance(store, PostgresStore) and store.schema is not None
+        other = await PostgresStore.open(pg.POSTGRES_URL, schema=store.schema)
+    try:
+        assert await other.expire_due(now=T0 + 12) == []
+        assert await other.expire_due(now=T0 + 19.9) == []
+        assert await other.expire_due(now=T0 + 20) == [Recorded(j.id, "video", 1, "expired")]
+    finally:
+        await other.close()
 
 
 async def test_backlog_counts_due_unleased_work(store: Store) -> None:
@@ -778,6 +924,29 @@ async def test_a_late_record_keeps_the_new_owners_lease() -> None:
         assert await store.claim_due_watches("c", now=T0 + 5, lease=LONG, limit=5) == []
         await store.record_poll(w.id, "b", seen(T0 + 1, T0 + 3, next_at=T0 + 4))
         assert len(await store.claim_due_watches("c", now=T0 + 5, lease=LONG, limit=5)) == 1
+
+
+@pg.needs_postgres
+async def test_a_cancel_on_one_replica_reaches_the_others_at_once() -> None:
+    async with pg.postgres_store() as a:
+        assert a.schema is not None
+        b = await PostgresStore.open(pg.POSTGRES_URL, schema=a.schema)
+        try:
+            job_id = await delivering(a, 5)
+            (d,) = await a.claim_due_deliveries("a", now=T0 + 2, lease=LONG, limit=5)
+            heard: asyncio.Queue[str] = asyncio.Queue()
+            await a.listen_cancels(heard.put_nowait)
+            await a.listen_pauses(lambda: heard.put_nowait("(a pause)"))
+            assert await a.delivery_live(d.job_id)
+            assert await b.cancel("alpha", job_id, now=T0 + 3) is not None
+            # Delivered at the cancel's commit; the wait is a safety net, not a measure.
+            assert await asyncio.wait_for(heard.get(), 10) == job_id
+            # The backstop that needs no notice: the job's state, read afresh.
+            assert not await a.delivery_live(job_id)
+            await b.set_pause("throttled", "throttled (429)", T0 + 9, None)
+            assert await asyncio.wait_for(heard.get(), 10) == "(a pause)"
+        finally:
+            await b.close()
 
 
 @pg.needs_postgres

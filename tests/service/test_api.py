@@ -459,6 +459,30 @@ async def test_cursor_walks_every_job_once_while_jobs_are_added(client: Client) 
     assert set(seen) == existing
 
 
+async def test_a_cursor_is_opaque_and_bound_to_its_tenant(client: Client) -> None:
+    for token in (300, 301, 302):
+        await register(client, {"token": token, "callback_url": URL})
+    for token in (400, 401, 402):
+        await register(client, {"token": token, "callback_url": URL}, headers=beta())
+    page = await (await client.get("/v1/jobs?limit=1", headers=alpha())).json()
+    cursor = page["next_cursor"]
+    again = await (await client.get("/v1/jobs?limit=1", headers=alpha())).json()
+    # Sealed afresh each time: the same position never gives the same text.
+    assert cursor != again["next_cursor"]
+    ok = await client.get(f"/v1/jobs?limit=1&cursor={cursor}", headers=alpha())
+    assert [j["token"] for j in (await ok.json())["items"]] == [301]
+    # Another tenant's use of it, a tampered one, garbage: 422, echoing nothing.
+    flipped = cursor[:10] + ("A" if cursor[10] != "A" else "B") + cursor[11:]
+    for who, text in ((beta(), cursor), (alpha(), flipped), (alpha(), cursor[:-1])):
+        problem = await assert_problem(
+            await client.get(f"/v1/jobs?cursor={text}", headers=who), 422
+        )
+        assert problem["errors"] == [
+            {"field": "cursor", "message": "cursor is not one this server gave out"}
+        ]
+        assert text not in json.dumps(problem)
+
+
 # -- operational routes ----------------------------------------------------------------------
 
 

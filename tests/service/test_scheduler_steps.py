@@ -266,6 +266,35 @@ async def test_a_late_joiner_gets_a_poll_of_its_own(tmp_path: Path) -> None:
         assert (await r.step()).idle
 
 
+async def test_a_job_joining_during_a_poll_gets_its_first_poll_on_time(tmp_path: Path) -> None:
+    """A job that registers while a poll of its watch is in flight is polled
+    BRIDGE_POLL_INITIAL_DELAY after it registered, not when the in-flight poll's growth
+    rule would have it, and that poll does not count in its polls."""
+    async with rig(tmp_path) as r:
+        t0 = r.clock()
+        token = r.fake.add_job("video", duration=600)
+        early = await r.register(token, "/early")
+        r.clock.advance(1.0)
+
+        r.upstream.open = False
+        step = asyncio.create_task(r.sched.run_once())
+        await r.upstream.wait_for(1)  # the poll went out at t0+1; its answer is held
+        r.clock.advance(0.1)
+        late = await r.register(token, "/late")  # first poll promised at t0+2.1
+        r.upstream.open = True
+        r.upstream.release()
+        assert (await asyncio.wait_for(step, STUCK)).polled == 1
+        seen_early, seen_late = await r.job(early.id), await r.job(late.id)
+        assert (seen_early.polls, seen_late.polls) == (1, 0)
+        # The in-flight poll's own rule said t0+1.1+2; the newcomer was promised t0+2.1.
+        assert seen_late.next_poll_at == t0 + 2.1
+
+        assert (await r.at(2.09, t0)).idle
+        assert (await r.at(2.1, t0)).polled == 1
+        assert [q.at for q in r.requests(token)] == [t0 + 1.0, t0 + 2.1]
+        assert ((await r.job(early.id)).polls, (await r.job(late.id)).polls) == (2, 1)
+
+
 # -- pauses -------------------------------------------------------------------------------------
 
 
@@ -367,6 +396,45 @@ async def test_a_rejection_pause_grows_on_repeats_and_a_good_answer_lifts_it(
         assert pause is not None and pause.until == t0 + 19.5 + 5.0
 
 
+async def test_a_credentials_pause_moves_the_deadline_and_no_job_expires(
+    tmp_path: Path,
+) -> None:
+    """Keys rejected for longer than the job's deadline: the job does not expire; once
+    Uploadcare answers again it is tracked to its outcome, and its deadline has moved by
+    the time polling was paused."""
+    async with rig(tmp_path, BRIDGE_JOB_DEADLINE="10s") as r:
+        t0 = r.clock()
+        token = r.fake.add_job("video", outcome="finished", duration=19)
+        j = await r.register(token, "/paused")
+        assert j.deadline_at == t0 + 10
+        r.fake.respond_next(401, times=2)
+
+        assert (await r.at(1.0, t0)).polled == 1  # 401: paused 5 s
+        assert (await r.at(6.0, t0)).polled == 1  # 401 again: paused 10 s more
+        assert r.pauses.get("rejected") is not None
+        for offset in (10.0, 12.0, 15.9):  # past the original deadline, still paused
+            assert (await r.at(offset, t0)).idle, offset
+        assert (await r.job(j.id)).state == "tracking"
+
+        resumed = await r.at(16.0, t0)  # Uploadcare answers again
+        assert (resumed.polled, resumed.expired) == (1, 0)
+        assert r.pauses.describe() == {"state": "ok"}
+        # Paused from t0+1 to t0+16: the deadline moved by those 15 s.
+        moved = await r.job(j.id)
+        assert moved.deadline_at == t0 + 25
+        assert moved.to_api()["deadline_at"] == rfc3339(t0 + 25)
+
+        delivered = 0
+        for offset in (18.0, 21.0):  # the growth rule: 2 s, then 3 s
+            delivered += (await r.at(offset, t0)).delivered
+        assert delivered == 1
+        done = await r.job(j.id)
+        assert (done.state, done.outcome, done.deadline_at) == ("delivered", "finished", t0 + 25)
+        payload = await r.verified(r.rec.calls[0])
+        assert payload["data"]["status"] == "finished"
+        assert [q.status for q in r.requests()] == [401, 401, 200, 200, 200]
+
+
 # -- failures, 404s and the deadline --------------------------------------------------------------
 
 
@@ -457,9 +525,47 @@ async def test_a_redeliver_sends_the_same_callback_again(tmp_path: Path) -> None
         assert await r.verified(first) == await r.verified(second)
         done = await r.job(j.id)
         assert (done.state, done.attempts) == ("delivered", 2)
+        # Both rounds count as deliveries; only the first is the outcome's latency.
+        assert metric(r, "bridge_deliveries_total", outcome="delivered") == 2.0
+        assert metric(r, "bridge_notification_latency_seconds_count") == 1.0
+        assert metric(r, "bridge_notification_latency_seconds_sum") < 1.0
         attempts = await r.store.attempts("alpha", j.id)
         assert attempts is not None and [a.n for a in attempts] == [1, 2]
         assert (await r.step()).idle
+
+
+class CanceledElsewhere:
+    """The rig's secrets, read right before an attempt is sent; the first read stands for
+    another replica's DELETE landing meanwhile (no notice reaches this one) while
+    ``wait`` seconds pass on the clock."""
+
+    def __init__(self, r: Rig, job_id: str, wait: float) -> None:
+        self.r, self.job_id, self.wait = r, job_id, wait
+        self.inner = r.sched.secrets
+
+    async def for_tenant(self, tenant: str) -> list[str]:
+        if self.wait is not None:
+            assert await self.r.store.cancel("alpha", self.job_id, now=self.r.clock())
+            self.r.clock.advance(self.wait)
+            self.wait = None
+        return list(await self.inner.for_tenant(tenant))
+
+
+async def test_a_claim_older_than_half_a_second_rereads_a_cancel_before_sending(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        token = r.fake.add_job("video", outcome="finished", duration=0.5)
+        j = await r.register(token, "/canceled")
+        r.clock.advance(1.0)
+        # The poll hands the callback off to this scheduler; before it is sent, the job is
+        # canceled on "another replica" and 0.6 s pass.
+        r.sched.secrets = CanceledElsewhere(r, j.id, 0.6)  # type: ignore[assignment]
+        report = await r.step()
+        assert (report.outcomes, report.attempted) == (1, 0)
+        assert r.rec.calls == []
+        done = await r.job(j.id)
+        assert (done.state, done.attempts) == ("canceled", 0)
 
 
 # -- shutdown -------------------------------------------------------------------------------------

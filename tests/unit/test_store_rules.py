@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from bridge.model import EXPIRED_ERROR, Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded
 from bridge.store import rules
-from bridge.store.base import Conflict
+from bridge.store.base import BadCursor, Conflict, open_cursor, seal_cursor
 
 T0 = 1_800_000_000.0
 
@@ -263,3 +264,52 @@ def test_an_attempt_on_a_canceled_job_counts_but_changes_nothing_else() -> None:
         False,
     )
     assert (after["attempts"], after["response_status"]) == (2, 204)
+
+
+# -- the listing cursor ------------------------------------------------------------------------
+
+
+def test_a_sealed_cursor_opens_only_for_its_tenant_and_key() -> None:
+    key, other_key = b"k" * 32, b"o" * 32
+    for position in (0, 1, 2**53, 2**63 - 1):
+        cursor = seal_cursor(key, "alpha", position)
+        assert open_cursor(key, "alpha", cursor) == position
+        for who, k in (("beta", key), ("alpha", other_key), ("alph", key), ("alpha\x00", key)):
+            with pytest.raises(BadCursor):
+                open_cursor(k, who, cursor)
+    # Nothing of the position shows: with one nonce, neighbours differ everywhere after it.
+    nonce = bytes(16)
+    a, b = (seal_cursor(key, "alpha", p, nonce) for p in (1000, 1001))
+    assert a[:22] == b[:22] and a[-22:] != b[-22:]
+    # Every single-bit change of the sealed bytes is refused.
+    raw = base64.urlsafe_b64decode(a + "=")
+    for i in range(len(raw) * 8):
+        bent = bytearray(raw)
+        bent[i // 8] ^= 1 << (i % 8)
+        text = base64.urlsafe_b64encode(bytes(bent)).decode().rstrip("=")
+        with pytest.raises(BadCursor):
+            open_cursor(key, "alpha", text)
+
+
+@pytest.mark.parametrize("junk", ["", "x", "djE6MTAw", "=" * 55, "é" * 55, "A" * 55, "A" * 56])
+def test_garbage_is_no_cursor(junk: str) -> None:
+    with pytest.raises(BadCursor) as err:
+        open_cursor(b"k" * 32, "alpha", junk)
+    assert str(err.value) == "cursor is not one this server gave out"
+
+
+# -- paused time ---------------------------------------------------------------------------------
+
+
+def test_pauses_that_overlap_or_extend_widen_one_span() -> None:
+    assert rules.widen(None, 10, 15) == (None, (10, 15))
+    assert rules.widen((10, 15), 12, 14) == (None, (10, 15))  # inside: nothing new
+    assert rules.widen((10, 15), 15, 25) == (None, (10, 25))  # growing backoff: one span
+    assert rules.widen((10, 15), 20, 30) == ((10, 15), (20, 30))  # a gap: settle the first
+
+
+def test_a_lift_ends_the_span_unless_another_pause_holds_it() -> None:
+    assert rules.narrow(None, 12, None) is None
+    assert rules.narrow((10, 25), 12, None) == (10, 12)
+    assert rules.narrow((10, 25), 12, 20) == (10, 20)
+    assert rules.narrow((10, 15), 30, None) == (10, 15)  # ended before the lift

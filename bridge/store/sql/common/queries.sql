@@ -31,19 +31,20 @@ UPDATE watches
 UPDATE watches SET next_poll_at = :next_poll_at WHERE id = :watch_id;
 
 -- name: registered_job
+-- The digest finds it on the registration index; the URL itself is compared byte for byte.
 SELECT id FROM jobs
- WHERE tenant = :tenant AND kind = :kind AND token = :token
+ WHERE tenant = :tenant AND kind = :kind AND token = :token AND url_digest = :url_digest
    AND callback_url = :callback_url AND state <> 'canceled';
 
 -- name: insert_job
 -- Nothing when a duplicate committed despite the watch lock: the registration then
 -- decides against that one. (SQLite needs the WHERE to read ON CONFLICT as an upsert.)
-INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, metadata, state,
-                  polls_base, created_at, updated_at, deadline_at)
-SELECT :job_id, :tenant, id, kind, token, :callback_url, :metadata, 'tracking',
-       polls, :now, :now, :deadline_at
+INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, url_digest, metadata,
+                  state, polls_base, created_at, updated_at, deadline_at, first_poll_at)
+SELECT :job_id, :tenant, id, kind, token, :callback_url, :url_digest, :metadata, 'tracking',
+       polls, :now, :now, :deadline_at, :first_poll_at
   FROM watches WHERE kind = :kind AND token = :token
-ON CONFLICT (tenant, kind, token, callback_url) WHERE state <> 'canceled' DO NOTHING;
+ON CONFLICT (tenant, kind, token, url_digest) WHERE state <> 'canceled' DO NOTHING;
 
 -- -- reading jobs --------------------------------------------------------------------------
 
@@ -70,6 +71,9 @@ SELECT j.*, w.status AS w_status, w.error AS w_error, w.result AS w_result,
 
 -- name: job_watch
 SELECT watch_id FROM jobs WHERE id = :job_id AND tenant = :tenant;
+
+-- name: job_state
+SELECT state FROM jobs WHERE id = :job_id;
 
 -- name: attempts
 SELECT n, at, duration_ms, response_status, error FROM attempts WHERE job_id = :job_id ORDER BY n;
@@ -101,6 +105,13 @@ ON CONFLICT (tenant) DO NOTHING;
 -- name: secret
 SELECT secret FROM signing_secrets WHERE tenant = :tenant;
 
+-- name: offer_server_key
+INSERT INTO server_keys (name, secret, created_at) VALUES (:name, :secret, :now)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: server_key
+SELECT secret FROM server_keys WHERE name = :name;
+
 -- name: ended_jobs
 SELECT id, watch_id FROM jobs WHERE ended_at < :before ORDER BY ended_at LIMIT :batch;
 
@@ -109,6 +120,14 @@ SELECT id, watch_id FROM jobs WHERE ended_at < :before ORDER BY ended_at LIMIT :
 -- name: learn_duration
 INSERT INTO durations (kind, bucket, weight) VALUES (:kind, :bucket, :weight)
 ON CONFLICT (kind, bucket) DO UPDATE SET weight = durations.weight + excluded.weight;
+
+-- name: late_joiners
+-- Jobs that registered after the poll's request went out (the watch is locked): the poll
+-- is not theirs, so it must not count in their polls; what they were promised for their
+-- first poll comes back (created_at stands in on jobs older than the column).
+UPDATE jobs SET polls_base = polls_base + 1
+ WHERE watch_id = :watch_id AND state = 'tracking' AND created_at > :started_at
+RETURNING coalesce(first_poll_at, created_at);
 
 -- name: record_watch
 -- A watch no job tracks any more is idled here: no next poll. A lease is given back by
@@ -131,10 +150,6 @@ UPDATE watches
                           THEN NULL ELSE lease_until END
  WHERE id = :watch_id;
 
--- name: expiring_watches
-SELECT DISTINCT watch_id FROM jobs
- WHERE state = 'tracking' AND deadline_at <= :now
- ORDER BY watch_id;
 
 -- -- callbacks -----------------------------------------------------------------------------
 
@@ -174,6 +189,26 @@ ON CONFLICT (key) DO UPDATE
 
 -- name: delete_pause
 DELETE FROM pauses WHERE key = :key;
+
+-- name: pause_kind
+SELECT kind FROM pauses WHERE key = :key;
+
+-- name: open_pause_clock
+-- The kind's paused span, opened or widened (see pause_clock in migration 003).
+INSERT INTO pause_clock (kind, since, until) VALUES (:kind, :since, :until)
+ON CONFLICT (kind) DO UPDATE SET since = excluded.since, until = excluded.until;
+
+-- name: settle_pause_clock
+-- A paused span that has ended moves the deadline of every tracking job of its kind that
+-- it held: by the part of the span after the job registered. A job already past its
+-- deadline when the span began was not held by it.
+UPDATE jobs
+   SET deadline_at = deadline_at + (CAST(:until AS double precision)
+                     - CASE WHEN created_at > :since THEN created_at ELSE :since END)
+ WHERE kind = :kind AND state = 'tracking' AND created_at < :until AND deadline_at > :since;
+
+-- name: close_pause_clock
+UPDATE pause_clock SET since = NULL, until = NULL WHERE kind = :kind;
 
 -- name: pauses
 SELECT key, reason, until, kind FROM pauses ORDER BY key;

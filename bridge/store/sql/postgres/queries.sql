@@ -30,6 +30,10 @@ SELECT 1 FROM jobs WHERE id = :job_id AND tenant = :tenant FOR UPDATE;
 -- name: watch_for_poll
 SELECT * FROM watches WHERE id = :watch_id FOR UPDATE;
 
+-- name: pause_clocks
+-- Locked first by every verb that reads them (set_pause, expire_due), before any watch.
+SELECT kind, since, until FROM pause_clock ORDER BY kind FOR UPDATE;
+
 -- name: outcome_jobs
 -- The jobs a poll decides: those registered before its request went out. Locked and
 -- re-checked: a job canceled meanwhile keeps its cancellation.
@@ -51,6 +55,12 @@ SELECT state, attempts, next_attempt_at, delivered_at, ended_at FROM jobs
 
 -- -- writes on lists -----------------------------------------------------------------------
 
+-- name: expiring_watches
+-- Kinds whose polling is paused do not expire (their deadlines move when it ends).
+SELECT DISTINCT watch_id FROM jobs
+ WHERE state = 'tracking' AND deadline_at <= :now AND kind <> ALL(:skip_kinds::text[])
+ ORDER BY watch_id;
+
 -- name: idle_watches
 -- A watch nobody tracks any more stops being polled, and its lease goes.
 UPDATE watches SET next_poll_at = NULL, lease_owner = NULL, lease_until = NULL
@@ -61,8 +71,11 @@ UPDATE watches SET next_poll_at = NULL, lease_owner = NULL, lease_until = NULL
 -- Attempts go with their job (ON DELETE CASCADE).
 DELETE FROM jobs WHERE id = ANY(:job_ids::text[]) AND ended_at < :before RETURNING id;
 
--- name: delete_watches
-DELETE FROM watches
+-- name: strip_watches
+-- A watch no job refers to any more stays, idle, as the record that its tenant owns the
+-- (kind, token) for good (SPEC "Tenants": ownership outlives retention); what it saw goes.
+-- A registration re-arms it afresh (rearm_watch).
+UPDATE watches SET status = NULL, error = NULL, result = NULL
  WHERE id = ANY(:watch_ids::bigint[]) AND next_poll_at IS NULL
    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.watch_id = watches.id);
 

@@ -20,6 +20,9 @@ SELECT 1 FROM jobs WHERE id = :job_id AND tenant = :tenant;
 -- name: watch_for_poll
 SELECT * FROM watches WHERE id = :watch_id;
 
+-- name: pause_clocks
+SELECT kind, since, until FROM pause_clock ORDER BY kind;
+
 -- name: outcome_jobs
 -- The jobs a poll decides: those registered before its request went out.
 SELECT id, tenant, kind, token, callback_url, metadata, polls_base, attempts FROM jobs
@@ -39,6 +42,13 @@ SELECT state, attempts, next_attempt_at, delivered_at, ended_at FROM jobs WHERE 
 
 -- -- writes on lists -----------------------------------------------------------------------
 
+-- name: expiring_watches
+-- Kinds whose polling is paused do not expire (their deadlines move when it ends).
+SELECT DISTINCT watch_id FROM jobs
+ WHERE state = 'tracking' AND deadline_at <= :now
+   AND kind NOT IN (SELECT value FROM json_each(:skip_kinds))
+ ORDER BY watch_id;
+
 -- name: idle_watches
 -- A watch nobody tracks any more stops being polled, and its lease goes.
 UPDATE watches SET next_poll_at = NULL, lease_owner = NULL, lease_until = NULL
@@ -50,8 +60,11 @@ DELETE FROM jobs
  WHERE id IN (SELECT value FROM json_each(:job_ids)) AND ended_at < :before
 RETURNING id;
 
--- name: delete_watches
-DELETE FROM watches
+-- name: strip_watches
+-- A watch no job refers to any more stays, idle, as the record that its tenant owns the
+-- (kind, token) for good (SPEC "Tenants": ownership outlives retention); what it saw goes.
+-- A registration re-arms it afresh (rearm_watch).
+UPDATE watches SET status = NULL, error = NULL, result = NULL
  WHERE id IN (SELECT value FROM json_each(:watch_ids)) AND next_poll_at IS NULL
    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.watch_id = watches.id);
 
