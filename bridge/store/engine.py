@@ -39,8 +39,6 @@ class Store:
     """
 
     def __init__(self, driver: Driver) -> None:
-        """Raise if the database does not answer."""
-        """Apply pending schema migrations; return the schema version."""
         self.driver = driver
         self._cursor_secret: bytes | None = None
 
@@ -48,9 +46,11 @@ class Store:
         await self.driver.close()
 
     async def migrate(self) -> int:
+        """Apply pending schema migrations; return the schema version."""
         return await self.driver.migrate()
 
     async def ping(self) -> None:
+        """Raise if the database does not answer."""
         await self.driver.ping()
 
     async def register(
