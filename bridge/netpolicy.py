@@ -108,11 +108,16 @@ REFUSED_IPV6_NETWORKS: Final[tuple[ipaddress.IPv6Network, ...]] = (
     _V6("ff00::/8"),
     _V6("2001::/32"),  # Teredo: embeds a server and an obfuscated client, refuse both
     _V6("2001:db8::/32"),
+    _V6("100::/64"),  # discard-only (RFC 6666)
 )
 
 _IPV4_COMPATIBLE: Final = _V6("::/96")
 _IPV4_MAPPED: Final = _V6("::ffff:0:0/96")
+_IPV4_TRANSLATED: Final = _V6("::ffff:0:0:0/96")  # SIIT (RFC 2765)
 _NAT64: Final = _V6("64:ff9b::/96")
+_NAT64_LOCAL: Final = _V6("64:ff9b:1::/48")  # local-use NAT64 (RFC 8215), IPv4 last
+# Prefixes whose last 32 bits are the IPv4 address meant.
+_IPV4_LAST: Final = (_IPV4_MAPPED, _IPV4_TRANSLATED, _NAT64, _NAT64_LOCAL)
 _SIX_TO_FOUR: Final = _V6("2002::/16")
 
 
@@ -276,7 +281,8 @@ def _without_zone(addr: IPAddress) -> IPAddress:
 
 
 def embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address carried by an IPv4-mapped, IPv4-compatible, NAT64 or 6to4 address.
+    """The IPv4 address carried by an IPv4-mapped, IPv4-compatible, IPv4-translated
+    (SIIT), NAT64 (well-known or local-use, IPv4 in the last 32 bits) or 6to4 address.
 
     ``::`` and ``::1`` are IPv6's own unspecified/loopback addresses, not IPv4-compatible
     forms of 0.0.0.0/0.0.0.1, so they carry nothing.
@@ -285,7 +291,7 @@ def embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
         return None
     addr = ipaddress.IPv6Address(addr.packed)
     number = int(addr)
-    if addr in _IPV4_MAPPED or addr in _NAT64:
+    if any(addr in net for net in _IPV4_LAST):
         return ipaddress.IPv4Address(number & 0xFFFFFFFF)
     if addr in _IPV4_COMPATIBLE:
         return None if number <= 1 else ipaddress.IPv4Address(number)
