@@ -67,6 +67,7 @@ __all__ = [
     "is_policy_block",
     "is_refused",
     "parse_ip_literal",
+    "parse_network",
     "parse_networks",
 ]
 
@@ -189,20 +190,27 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     for item in re.split(r"[\s,]+", text.strip()):
         if not item:
             continue
-        if "%" in item:
-            raise ValueError(f"invalid network {item!r}: zone ids are not allowed")
-        try:
-            networks.append(ipaddress.ip_network(item, strict=True))
-        except ValueError as exc:
-            hint = ""
-            try:
-                loose = ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                pass
-            else:
-                hint = f" (did you mean {loose}?)"
-            raise ValueError(f"invalid network {item!r}: {exc}{hint}") from None
+        networks.append(parse_network(item))
     return tuple(networks)
+
+
+def parse_network(item: str) -> IPNetwork:
+    """One CIDR (or a bare address: a single-host network), strictly.
+
+    Host bits set (``10.20.30.40/16``) is refused, naming the network that was probably
+    meant, rather than silently widening the range to ``10.20.0.0/16`` (or, for
+    ``10.20.30.40/1``, to ``0.0.0.0/1``).
+    """
+    if "%" in item:
+        raise ValueError(f"invalid network {item!r}: zone ids are not allowed")
+    try:
+        return ipaddress.ip_network(item, strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"invalid network {item!r}: {exc}") from None
+        raise ValueError(f"{item} has host bits set; did you mean {loose}?") from None
 
 
 # One inet_aton part: hex (``0x`` alone counts as 0, as in browsers), octal, or decimal.

@@ -112,7 +112,7 @@ async def test_allow_network_with_host_bits_suggests_the_network_meant(
     assert code == 2 and out == ""
     line = one_line(err)
     assert line.startswith("bridge: BRIDGE_CALLBACK_ALLOW_NETWORKS: ")
-    assert networks in line and line.endswith(f"(did you mean {meant}?)")
+    assert line.endswith(f": {networks} has host bits set; did you mean {meant}?")
 
 
 async def test_database_in_a_folder_that_does_not_exist(tmp_path: Path) -> None:

@@ -457,7 +457,9 @@ def test_parse_networks(text: str, expected: tuple[str, ...]) -> None:
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [
-        ("10.0.0.1/8", r"'10\.0\.0\.1/8'.*host bits set.*did you mean 10\.0\.0\.0/8"),
+        ("10.0.0.1/8", r"^10\.0\.0\.1/8 has host bits set; did you mean 10\.0\.0\.0/8\?$"),
+        ("10.20.30.40/1", r"^10\.20\.30\.40/1 has host bits set; did you mean 0\.0\.0\.0/1\?$"),
+        ("fd00::1/8", r"^fd00::1/8 has host bits set; did you mean fd00::/8\?$"),
         ("banana", "invalid network 'banana'"),
         ("10.0.0.0/8, banana", "invalid network 'banana'"),
         ("10.0.0.0/33", r"invalid network '10\.0\.0\.0/33'"),
