@@ -304,6 +304,9 @@ _VARS: tuple[_Var, ...] = (
 )
 
 
+_DEFAULTS = {var.env: var.default for var in _VARS if var.default}
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -380,19 +383,38 @@ class Settings:
             )
 
 
-def _read_env(var: _Var, env: Mapping[str, str]) -> str | None:
-    """The raw value of a variable, from NAME or (secrets) NAME_FILE."""
-    value = env.get(var.env)
-    if var.secret:
-        file_var = var.env + "_FILE"
+def _empty(default: str | None) -> str:
+    if default:
+        return f"set but empty; give a value, or unset it for the default ({default})"
+    return "set but empty; give a value, or unset it"
+
+
+def read_var(env: Mapping[str, str], name: str, *, secret: bool = False) -> str | None:
+    """The raw value of variable ``name``, from NAME or (``secret``) NAME_FILE; None if unset.
+
+    Set but empty (or only whitespace) is a bad value, never "use the default": a
+    template that left a value out must not start a service configured by accident. A
+    file's value is its content without trailing line breaks; an empty one is bad too.
+    """
+    value = env.get(name)
+    if value is not None and not value.strip():
+        raise SettingsError(name, _empty(_DEFAULTS.get(name)))
+    if secret:
+        file_var = name + "_FILE"
         path = env.get(file_var)
-        if path:
+        if path is not None:
+            if not path.strip():
+                raise SettingsError(file_var, "set but empty; give the path of a file, or unset it")
             if value is not None:
-                raise SettingsError(var.env, f"set either {var.env} or {file_var}, not both")
+                raise SettingsError(name, f"set either {name} or {file_var}, not both")
             try:
-                return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+                value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
                 raise SettingsError(file_var, f"cannot read {path}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise SettingsError(file_var, f"{path} is not UTF-8 text") from None
+            if not value.strip():
+                raise SettingsError(file_var, f"{path} is empty")
     return value
 
 
@@ -402,9 +424,11 @@ def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Sett
     values: dict[str, Any] = {}
     for var in _VARS:
         raw = flags.get(var.attr) if not var.secret else None
+        if raw is not None and not str(raw).strip():
+            raise SettingsError(var.env, f"{var.flag} is empty; give a value, or leave it out")
         if raw is None:
-            raw = _read_env(var, env)
-        if raw is None or (raw.strip() == "" and var.default is not None):
+            raw = read_var(env, var.env, secret=var.secret)
+        if raw is None:
             raw = var.default
         assert raw is not None
         try:
@@ -459,3 +483,8 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept /v1 requests without a bearer secret, all as tenant 'default'",
     )
+
+
+def settings_vars() -> tuple[_Var, ...]:
+    """Every variable :func:`load` reads (``env``, ``attr``, ``flag``, ``secret``, ``default``)."""
+    return _VARS

@@ -94,8 +94,10 @@ class FakeClock:
         self.now += seconds
 
 
-def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    env = {
+def base_env(tmp_path: Path, **overrides: str | None) -> dict[str, str]:
+    """The test bridge's environment; an override of None leaves that variable unset (an
+    empty value would be a bad value, not the default)."""
+    env: dict[str, str | None] = {
         "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}",
         "BRIDGE_API_KEYS": f"alpha:{ALPHA},beta:{BETA}",
         "UPLOADCARE_PUBLIC_KEY": UC_PUBLIC,
@@ -106,12 +108,12 @@ def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "BRIDGE_UPSTREAM_URL": "http://127.0.0.1:9",
     }
     env.update(overrides)
-    return env
+    return {name: value for name, value in env.items() if value is not None}
 
 
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    def make(**overrides: str) -> Settings:
+    def make(**overrides: str | None) -> Settings:
         return settings_mod.load(base_env(tmp_path, **overrides))
 
     return make

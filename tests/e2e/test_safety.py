@@ -54,7 +54,7 @@ async def bridge(
     *,
     policy_names: dict[str, Any] | None = None,
     with_scheduler: bool = True,
-    **env: str,
+    **env: str | None,
 ) -> AsyncIterator[tuple[Client, StaticResolver]]:
     """A bridge on loopback whose policy resolves names only through a StaticResolver."""
     settings = settings_mod.load(base_env(tmp_path, **{**FAST, **env}))
@@ -218,7 +218,7 @@ async def test_policy_table_through_the_api(tmp_path: Path) -> None:
     tokens = itertools.count(7000)
     wrong: list[str] = []
     async with bridge(
-        tmp_path, policy_names=NAMES, with_scheduler=False, BRIDGE_CALLBACK_ALLOW_NETWORKS=""
+        tmp_path, policy_names=NAMES, with_scheduler=False, BRIDGE_CALLBACK_ALLOW_NETWORKS=None
     ) as (client, _):
         for url, ok in TABLE:
             body = {"token": next(tokens), "callback_url": url}
@@ -261,7 +261,7 @@ async def test_dns_rebinding_gets_a_blocked_attempt_and_no_connection(
             tmp_path,
             policy_names=names,
             BRIDGE_UPSTREAM_URL=fake.url,
-            BRIDGE_CALLBACK_ALLOW_NETWORKS="",
+            BRIDGE_CALLBACK_ALLOW_NETWORKS=None,
         ) as (client, resolver),
     ):
         port = int(rec.url.rsplit(":", 1)[1])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.settings import Settings, SettingsError, load, parse_duration
+from bridge.settings import Settings, SettingsError, load, parse_duration, settings_vars
 
 
 @pytest.mark.parametrize(
@@ -182,3 +183,50 @@ def test_allow_network_with_host_bits_is_a_bad_value(text: str, meant: str) -> N
     bad = next(p.strip() for p in text.split(",") if "/" in p and p.strip() != "127.0.0.0/8")
     assert message.endswith(f": {bad} has host bits set; did you mean {meant}?")
     assert "\n" not in message
+
+
+# -- An empty variable is a bad value, not the default -------------------------------------
+
+EVERY_VAR = [var.env for var in settings_vars()]
+SECRET_VARS = [var.env for var in settings_vars() if var.secret]
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t\n"])
+@pytest.mark.parametrize("name", EVERY_VAR)
+def test_an_empty_variable_is_a_bad_value_naming_it(name: str, value: str) -> None:
+    assert load({}) == Settings()  # unset: the default
+    with pytest.raises(SettingsError) as info:
+        load({name: value})
+    message = str(info.value)
+    assert message.startswith(f"{name}: set but empty; give a value, or unset it")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("var", [v for v in settings_vars() if not v.secret])
+def test_an_empty_flag_is_a_bad_value_naming_its_variable(var: Any) -> None:
+    with pytest.raises(SettingsError) as info:
+        load({}, {var.attr: ""})
+    assert str(info.value) == f"{var.env}: {var.flag} is empty; give a value, or leave it out"
+
+
+@pytest.mark.parametrize("name", SECRET_VARS)
+def test_an_empty_file_variable_or_file_is_a_bad_value(name: str, tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=f"^{name}_FILE: set but empty; "):
+        load({f"{name}_FILE": ""})
+    for content in ("", "\n", "\r\n", "  \n"):
+        path = tmp_path / "value"
+        path.write_text(content)
+        with pytest.raises(SettingsError) as info:
+            load({f"{name}_FILE": str(path)})
+        assert str(info.value) == f"{name}_FILE: {path} is empty"
+
+
+def test_a_secret_file_loses_only_its_trailing_line_breaks(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("uc-secret\n")
+    assert load({"UPLOADCARE_SECRET_KEY_FILE": str(path)}).uploadcare_secret_key == "uc-secret"
+    path.write_text("uc-secret\r\n\n")
+    assert load({"UPLOADCARE_SECRET_KEY_FILE": str(path)}).uploadcare_secret_key == "uc-secret"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(SettingsError, match=r"^UPLOADCARE_SECRET_KEY_FILE: .* is not UTF-8"):
+        load({"UPLOADCARE_SECRET_KEY_FILE": str(path)})
