@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from bridge import dburl
 from bridge.netpolicy import IPNetwork, parse_networks
 
 SECRET_VARS = (
@@ -63,10 +64,7 @@ class Database:
     def __str__(self) -> str:
         if self.scheme == "sqlite":
             return f"sqlite:{self.path}"
-        parts = urlsplit(self.dsn)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"postgresql://{host}{port}{parts.path}"
+        return dburl.describe(self.dsn)
 
     @property
     def password(self) -> str | None:
@@ -84,10 +82,8 @@ def parse_database_url(url: str) -> Database:
                 "a sqlite URL needs a file: sqlite:///bridge.db or sqlite:////abs/path.db"
             )
         return Database("sqlite", path=path)
-    if url.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(url)
-        if not parts.hostname and not parts.path.strip("/"):
-            raise ValueError("a postgresql URL needs a host or database: postgresql://user@host/db")
+    if url.startswith(tuple(f"{scheme}://" for scheme in dburl.SCHEMES)):
+        dburl.check(url)  # its message quotes no part of the URL
         return Database("postgresql", dsn=url)
     raise ValueError(
         "expected sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host:port/db"
@@ -359,8 +355,8 @@ class Settings:
         values += [w.secret for w in self.webhook_secrets]
         if self.uploadcare_secret_key:
             values.append(self.uploadcare_secret_key)
-        if self.database.password:
-            values.append(self.database.password)
+        if self.database.scheme == "postgresql":
+            values += dburl.secrets(self.database.dsn)
         return [v for v in values if v]
 
     def check_serve(self) -> None:

@@ -99,6 +99,25 @@ async def test_bad_database_url_shows_the_accepted_forms(tmp_path: Path, url: st
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bridge:12345/PwX-secret@127.0.0.1/db",
+        "postgresql://bridge:PwX#secret@127.0.0.1/db",
+        "postgresql://bridge:PwX@secret@127.0.0.1:1/db",
+    ],
+)
+async def test_a_database_url_that_does_not_parse_shows_no_part_of_the_password(
+    tmp_path: Path, url: str
+) -> None:
+    code, out, err = await serve(base_env(tmp_path, BRIDGE_DATABASE_URL=url))
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("bridge: BRIDGE_DATABASE_URL: ")
+    assert "a password must be percent-encoded" in line
+    assert "PwX" not in err and "secret" not in err and "12345" not in err
+
+
+@pytest.mark.parametrize(
     ("networks", "meant"), [("10.20.30.40/1", "0.0.0.0/1"), ("10.20.30.40/16", "10.20.0.0/16")]
 )
 async def test_allow_network_with_host_bits_suggests_the_network_meant(

@@ -653,7 +653,10 @@ async def test_public_v6_passes(addr: ipaddress.IPv6Address) -> None:
 
 
 @PROPERTY_SETTINGS
-@given(number=st.integers(2, 2**32 - 1), style=st.sampled_from(["mapped", "nat64", "siit", "nat64-local", "6to4"]))
+@given(
+    number=st.integers(2, 2**32 - 1),
+    style=st.sampled_from(["mapped", "nat64", "siit", "nat64-local", "6to4"]),
+)
 def test_embedded_forms_follow_their_ipv4(number: int, style: str) -> None:
     addr = parse_ip_literal(OTHER_RENDERINGS[style](number))
     assert addr is not None

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from bridge.dburl import describe
 from bridge.settings import Settings, SettingsError, load, parse_duration, settings_vars
+from bridge.store.postgres_driver import describe_dsn
 
 
 @pytest.mark.parametrize(
@@ -230,3 +232,67 @@ def test_a_secret_file_loses_only_its_trailing_line_breaks(tmp_path: Path) -> No
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(SettingsError, match=r"^UPLOADCARE_SECRET_KEY_FILE: .* is not UTF-8"):
         load({"UPLOADCARE_SECRET_KEY_FILE": str(path)})
+
+
+# -- BRIDGE_DATABASE_URL: parsed strictly, described without its password ----------------
+
+SECRET = "S3cr3tPw"
+
+# Each is a bad value; the password (SECRET) must appear in no message.
+NASTY_DATABASE_URLS = [
+    f"postgresql://bridge:12345/{SECRET}@host/db",  # '/' in the password
+    f"postgresql://bridge:{SECRET}#x@host/db",  # '#'
+    f"postgresql://bridge:{SECRET}?x@host/db",  # '?'
+    f"postgresql://bridge:{SECRET}@x@host/db",  # '@': asyncpg and Python cut differently
+    f"postgresql://bridge:{SECRET}%zz@host/db",  # a '%' that is no escape
+    f"postgresql://bridge:{SECRET}%@host/db",
+    f"postgresql://bridge:{SECRET}@host:port/db",  # bad ports
+    f"postgresql://bridge:{SECRET}@host:70000/db",
+    f"postgresql://bridge:{SECRET}@host:0/db",
+    f"postgresql://bridge:{SECRET}@host:/db",
+    f"postgresql://bridge:{SECRET}@host:5432,other:5432/db",
+    f"postgresql://bridge:{SECRET}@/db",  # missing host
+    f"postgresql://bridge:{SECRET}@",
+    "postgresql://",
+    f"postgresql://bridge:{SECRET}@[::1/db",
+    f"postgresql://bridge:{SECRET} x@host/db",  # whitespace, control characters
+    f"postgresql://bridge:{SECRET}\x7f@host/db",
+    f"postgresql://bridge:{SECRET}@host/db/more",
+    f"mysql://bridge:{SECRET}@host/db",  # unknown schemes
+    f"postgresql+asyncpg://bridge:{SECRET}@host/db",
+    f"bridge:{SECRET}@host/db",
+]
+
+
+@pytest.mark.parametrize("url", NASTY_DATABASE_URLS)
+def test_a_database_url_that_does_not_parse_is_a_bad_value_showing_no_secret(url: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load({"BRIDGE_DATABASE_URL": url})
+    message = str(info.value)
+    assert message.startswith("BRIDGE_DATABASE_URL: ") and "\n" not in message
+    assert SECRET not in message and "12345" not in message
+    for part in ("x@host", "70000", "other", "db/more", "[::1"):
+        assert part not in message
+    if url.startswith("postgresql://") and "@" in url:
+        assert "a password must be percent-encoded" in message
+    assert describe(url) in ("(an unparseable PostgreSQL URL)",)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secret"),
+    [
+        ("postgresql://u:pw%21@db:5432/bridge", "postgresql://u@db:5432/bridge", "pw!"),
+        ("postgres://u:a%2Fb%23c%3Fd%40e%25@db/x", "postgres://u@db:5432/x", "a/b#c?d@e%"),
+        ("postgresql://u:p:w@db:6432/x", "postgresql://u@db:6432/x", "p:w"),
+        ("postgresql://u@[::1]:5433/x?sslmode=require", "postgresql://u@[::1]:5433/x", None),
+        ("postgresql://db/x?password=qpw", "postgresql://db:5432/x", "qpw"),
+    ],
+)
+def test_a_database_url_is_shown_as_scheme_user_host_port_database(
+    url: str, shown: str, secret: str | None
+) -> None:
+    database = load({"BRIDGE_DATABASE_URL": url}).database
+    assert str(database) == describe(url) == describe_dsn(url) == shown
+    assert repr(database).count("pw") == 0
+    if secret is not None:
+        assert secret in load({"BRIDGE_DATABASE_URL": url}).secret_values()
