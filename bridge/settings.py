@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bridge import dburl
+from bridge.callback_hosts import CallbackHosts, parse_callback_hosts
 from bridge.netpolicy import IPNetwork, parse_networks
 
 SECRET_VARS = (
@@ -287,6 +288,13 @@ _VARS: tuple[_Var, ...] = (
         parse_networks,  # strict: host bits set is a mistake to name, not a range to widen
         help="CIDRs exempt from the callback network policy",
     ),
+    _Var(
+        "BRIDGE_CALLBACK_HOSTS",
+        "callback_hosts",
+        "",
+        parse_callback_hosts,
+        help="[tenant:]host, *.domain or CIDR entries: the hosts callbacks may go to",
+    ),
     _Var("BRIDGE_RETENTION", "retention", "720h", parse_duration),
     _Var("BRIDGE_LEASE", "lease", "30s", parse_duration),
     _Var("BRIDGE_SHUTDOWN_GRACE", "shutdown_grace", "20s", parse_duration),
@@ -336,6 +344,7 @@ class Settings:
     )
     callback_concurrency: int = 64
     callback_allow_networks: tuple[IPNetwork, ...] = ()
+    callback_hosts: CallbackHosts = field(default_factory=CallbackHosts)
     retention: float = 720 * 3600.0
     lease: float = 30.0
     shutdown_grace: float = 20.0
@@ -453,6 +462,13 @@ def _check_consistency(s: Settings) -> None:
             f"and BRIDGE_UPSTREAM_TIMEOUT ({s.upstream_timeout:g}s)",
         )
     tenants = set(s.tenants)
+    if s.api_keys or s.insecure_no_auth:
+        for name in sorted(s.callback_hosts.tenants() - tenants):
+            raise SettingsError(
+                "BRIDGE_CALLBACK_HOSTS",
+                f"names tenant {name!r}, which has no key in BRIDGE_API_KEYS; refused rather "
+                "than ignored, since a misspelt tenant could be left unrestricted",
+            )
     for w in s.webhook_secrets:
         if w.tenant is not None and tenants and w.tenant not in tenants and s.api_keys:
             raise SettingsError(
