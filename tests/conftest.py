@@ -23,6 +23,7 @@ ALPHA = "alpha-secret-0123456789"
 BETA = "beta-secret-9876543210"
 UC_PUBLIC = "demopublickey"
 UC_SECRET = "demosecretkey"
+LOOPBACK_HOSTS = "127.0.0.0/8,::1/128,localhost"
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 FIXTURES = Path(__file__).parent / "fixtures"
 UPLOADCARE_FIXTURES = FIXTURES / "uploadcare"
@@ -103,6 +104,9 @@ def base_env(tmp_path: Path, **overrides: str | None) -> dict[str, str]:
         "UPLOADCARE_PUBLIC_KEY": UC_PUBLIC,
         "UPLOADCARE_SECRET_KEY": UC_SECRET,
         "BRIDGE_CALLBACK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
+        # And the only hosts a test bridge may call back to: a test that means to register
+        # another host sets its own value (or None for no list) and says why.
+        "BRIDGE_CALLBACK_HOSTS": LOOPBACK_HOSTS,
         "BRIDGE_LOG_LEVEL": "warning",
         # Nothing listens on the discard port: no test ever polls a real Uploadcare.
         "BRIDGE_UPSTREAM_URL": "http://127.0.0.1:9",
