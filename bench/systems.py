@@ -70,6 +70,7 @@ def bridge_env(
             "BRIDGE_UPSTREAM_RPS": seconds_text(rps),
             # The receiver is on loopback, which the callback network policy refuses.
             "BRIDGE_CALLBACK_ALLOW_NETWORKS": f"{HOST}/32",
+            "BRIDGE_CALLBACK_HOSTS": f"{HOST}/32",  # and callbacks may go nowhere else
             "BRIDGE_POLL_INITIAL_DELAY": seconds_text(args.initial_delay),
             "BRIDGE_POLL_MIN_INTERVAL": seconds_text(args.min_interval),
             "BRIDGE_POLL_MAX_INTERVAL": seconds_text(args.max_interval),

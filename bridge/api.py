@@ -18,6 +18,7 @@ from aiohttp import web
 from yarl import URL
 
 from bridge import ijson, keys
+from bridge.callback_hosts import HOSTS_MESSAGE
 from bridge.model import KINDS, MAX_TOKEN, STATES, NewJob, compact_json, fast_json, redact_url
 from bridge.netpolicy import PolicyViolation
 from bridge.openapi import document as openapi_document
@@ -300,6 +301,8 @@ async def _validate_registration(request: web.Request, tenant: str, data: Any) -
         _invalid(errors)
 
     assert isinstance(url, str) and token is not None
+    if not request.app[keys.SETTINGS].callback_hosts.allows(tenant, url):
+        _invalid([{"field": "callback_url", "message": HOSTS_MESSAGE}])
     try:
         await request.app[keys.POLICY].check_url(url)
     except PolicyViolation as exc:

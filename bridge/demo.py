@@ -280,6 +280,8 @@ def bridge_env(workdir: Path, upstream_url: str, api_key: str) -> dict[str, str]
         "BRIDGE_UPSTREAM_URL": upstream_url,
         # The receiver is on loopback, which the callback network policy refuses by default.
         "BRIDGE_CALLBACK_ALLOW_NETWORKS": "127.0.0.0/8",
+        # And the only hosts it may call back to: every callback stays on this machine.
+        "BRIDGE_CALLBACK_HOSTS": "127.0.0.0/8",
         **PACING,
     }
 

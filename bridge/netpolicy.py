@@ -67,6 +67,7 @@ __all__ = [
     "is_policy_block",
     "is_refused",
     "parse_ip_literal",
+    "parse_network",
     "parse_networks",
 ]
 
@@ -108,11 +109,16 @@ REFUSED_IPV6_NETWORKS: Final[tuple[ipaddress.IPv6Network, ...]] = (
     _V6("ff00::/8"),
     _V6("2001::/32"),  # Teredo: embeds a server and an obfuscated client, refuse both
     _V6("2001:db8::/32"),
+    _V6("100::/64"),  # discard-only (RFC 6666)
 )
 
 _IPV4_COMPATIBLE: Final = _V6("::/96")
 _IPV4_MAPPED: Final = _V6("::ffff:0:0/96")
+_IPV4_TRANSLATED: Final = _V6("::ffff:0:0:0/96")  # SIIT (RFC 2765)
 _NAT64: Final = _V6("64:ff9b::/96")
+_NAT64_LOCAL: Final = _V6("64:ff9b:1::/48")  # local-use NAT64 (RFC 8215), IPv4 last
+# Prefixes whose last 32 bits are the IPv4 address meant.
+_IPV4_LAST: Final = (_IPV4_MAPPED, _IPV4_TRANSLATED, _NAT64, _NAT64_LOCAL)
 _SIX_TO_FOUR: Final = _V6("2002::/16")
 
 
@@ -184,20 +190,27 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     for item in re.split(r"[\s,]+", text.strip()):
         if not item:
             continue
-        if "%" in item:
-            raise ValueError(f"invalid network {item!r}: zone ids are not allowed")
-        try:
-            networks.append(ipaddress.ip_network(item, strict=True))
-        except ValueError as exc:
-            hint = ""
-            try:
-                loose = ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                pass
-            else:
-                hint = f" (did you mean {loose}?)"
-            raise ValueError(f"invalid network {item!r}: {exc}{hint}") from None
+        networks.append(parse_network(item))
     return tuple(networks)
+
+
+def parse_network(item: str) -> IPNetwork:
+    """One CIDR (or a bare address: a single-host network), strictly.
+
+    Host bits set (``10.20.30.40/16``) is refused, naming the network that was probably
+    meant, rather than silently widening the range to ``10.20.0.0/16`` (or, for
+    ``10.20.30.40/1``, to ``0.0.0.0/1``).
+    """
+    if "%" in item:
+        raise ValueError(f"invalid network {item!r}: zone ids are not allowed")
+    try:
+        return ipaddress.ip_network(item, strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"invalid network {item!r}: {exc}") from None
+        raise ValueError(f"{item} has host bits set; did you mean {loose}?") from None
 
 
 # One inet_aton part: hex (``0x`` alone counts as 0, as in browsers), octal, or decimal.
@@ -276,7 +289,8 @@ def _without_zone(addr: IPAddress) -> IPAddress:
 
 
 def embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address carried by an IPv4-mapped, IPv4-compatible, NAT64 or 6to4 address.
+    """The IPv4 address carried by an IPv4-mapped, IPv4-compatible, IPv4-translated
+    (SIIT), NAT64 (well-known or local-use, IPv4 in the last 32 bits) or 6to4 address.
 
     ``::`` and ``::1`` are IPv6's own unspecified/loopback addresses, not IPv4-compatible
     forms of 0.0.0.0/0.0.0.1, so they carry nothing.
@@ -285,7 +299,7 @@ def embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
         return None
     addr = ipaddress.IPv6Address(addr.packed)
     number = int(addr)
-    if addr in _IPV4_MAPPED or addr in _NAT64:
+    if any(addr in net for net in _IPV4_LAST):
         return ipaddress.IPv4Address(number & 0xFFFFFFFF)
     if addr in _IPV4_COMPATIBLE:
         return None if number <= 1 else ipaddress.IPv4Address(number)

@@ -129,7 +129,8 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "format": "uri",
                 "maxLength": 2048,
-                "description": "absolute http(s) URL allowed by the callback network policy; "
+                "description": "absolute http(s) URL allowed by the callback network policy "
+                "and by the tenant's BRIDGE_CALLBACK_HOSTS entries, if any; "
                 "user-info is sent as HTTP Basic credentials and shown as ***",
                 "examples": ["https://example.com/hooks/uc"],
             },

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from bridge import dburl
+from bridge.callback_hosts import CallbackHosts, parse_callback_hosts
 from bridge.netpolicy import IPNetwork, parse_networks
 
 SECRET_VARS = (
@@ -63,10 +65,7 @@ class Database:
     def __str__(self) -> str:
         if self.scheme == "sqlite":
             return f"sqlite:{self.path}"
-        parts = urlsplit(self.dsn)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"postgresql://{host}{port}{parts.path}"
+        return dburl.describe(self.dsn)
 
     @property
     def password(self) -> str | None:
@@ -84,10 +83,8 @@ def parse_database_url(url: str) -> Database:
                 "a sqlite URL needs a file: sqlite:///bridge.db or sqlite:////abs/path.db"
             )
         return Database("sqlite", path=path)
-    if url.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(url)
-        if not parts.hostname and not parts.path.strip("/"):
-            raise ValueError("a postgresql URL needs a host or database: postgresql://user@host/db")
+    if url.startswith(tuple(f"{scheme}://" for scheme in dburl.SCHEMES)):
+        dburl.check(url)  # its message quotes no part of the URL
         return Database("postgresql", dsn=url)
     raise ValueError(
         "expected sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host:port/db"
@@ -291,6 +288,13 @@ _VARS: tuple[_Var, ...] = (
         parse_networks,  # strict: host bits set is a mistake to name, not a range to widen
         help="CIDRs exempt from the callback network policy",
     ),
+    _Var(
+        "BRIDGE_CALLBACK_HOSTS",
+        "callback_hosts",
+        "",
+        parse_callback_hosts,
+        help="[tenant:]host, *.domain or CIDR entries: the hosts callbacks may go to",
+    ),
     _Var("BRIDGE_RETENTION", "retention", "720h", parse_duration),
     _Var("BRIDGE_LEASE", "lease", "30s", parse_duration),
     _Var("BRIDGE_SHUTDOWN_GRACE", "shutdown_grace", "20s", parse_duration),
@@ -302,6 +306,9 @@ _VARS: tuple[_Var, ...] = (
         _choice("debug", "info", "warning", "error"),
     ),
 )
+
+
+_DEFAULTS = {var.env: var.default for var in _VARS if var.default}
 
 
 @dataclass(frozen=True)
@@ -337,6 +344,7 @@ class Settings:
     )
     callback_concurrency: int = 64
     callback_allow_networks: tuple[IPNetwork, ...] = ()
+    callback_hosts: CallbackHosts = field(default_factory=CallbackHosts)
     retention: float = 720 * 3600.0
     lease: float = 30.0
     shutdown_grace: float = 20.0
@@ -356,8 +364,8 @@ class Settings:
         values += [w.secret for w in self.webhook_secrets]
         if self.uploadcare_secret_key:
             values.append(self.uploadcare_secret_key)
-        if self.database.password:
-            values.append(self.database.password)
+        if self.database.scheme == "postgresql":
+            values += dburl.secrets(self.database.dsn)
         return [v for v in values if v]
 
     def check_serve(self) -> None:
@@ -380,19 +388,38 @@ class Settings:
             )
 
 
-def _read_env(var: _Var, env: Mapping[str, str]) -> str | None:
-    """The raw value of a variable, from NAME or (secrets) NAME_FILE."""
-    value = env.get(var.env)
-    if var.secret:
-        file_var = var.env + "_FILE"
+def _empty(default: str | None) -> str:
+    if default:
+        return f"set but empty; give a value, or unset it for the default ({default})"
+    return "set but empty; give a value, or unset it"
+
+
+def read_var(env: Mapping[str, str], name: str, *, secret: bool = False) -> str | None:
+    """The raw value of variable ``name``, from NAME or (``secret``) NAME_FILE; None if unset.
+
+    Set but empty (or only whitespace) is a bad value, never "use the default": a
+    template that left a value out must not start a service configured by accident. A
+    file's value is its content without trailing line breaks; an empty one is bad too.
+    """
+    value = env.get(name)
+    if value is not None and not value.strip():
+        raise SettingsError(name, _empty(_DEFAULTS.get(name)))
+    if secret:
+        file_var = name + "_FILE"
         path = env.get(file_var)
-        if path:
+        if path is not None:
+            if not path.strip():
+                raise SettingsError(file_var, "set but empty; give the path of a file, or unset it")
             if value is not None:
-                raise SettingsError(var.env, f"set either {var.env} or {file_var}, not both")
+                raise SettingsError(name, f"set either {name} or {file_var}, not both")
             try:
-                return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+                value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
                 raise SettingsError(file_var, f"cannot read {path}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise SettingsError(file_var, f"{path} is not UTF-8 text") from None
+            if not value.strip():
+                raise SettingsError(file_var, f"{path} is empty")
     return value
 
 
@@ -402,9 +429,11 @@ def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Sett
     values: dict[str, Any] = {}
     for var in _VARS:
         raw = flags.get(var.attr) if not var.secret else None
+        if raw is not None and not str(raw).strip():
+            raise SettingsError(var.env, f"{var.flag} is empty; give a value, or leave it out")
         if raw is None:
-            raw = _read_env(var, env)
-        if raw is None or (raw.strip() == "" and var.default is not None):
+            raw = read_var(env, var.env, secret=var.secret)
+        if raw is None:
             raw = var.default
         assert raw is not None
         try:
@@ -433,6 +462,13 @@ def _check_consistency(s: Settings) -> None:
             f"and BRIDGE_UPSTREAM_TIMEOUT ({s.upstream_timeout:g}s)",
         )
     tenants = set(s.tenants)
+    if s.api_keys or s.insecure_no_auth:
+        for name in sorted(s.callback_hosts.tenants() - tenants):
+            raise SettingsError(
+                "BRIDGE_CALLBACK_HOSTS",
+                f"names tenant {name!r}, which has no key in BRIDGE_API_KEYS; refused rather "
+                "than ignored, since a misspelt tenant could be left unrestricted",
+            )
     for w in s.webhook_secrets:
         if w.tenant is not None and tenants and w.tenant not in tenants and s.api_keys:
             raise SettingsError(
@@ -459,3 +495,8 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept /v1 requests without a bearer secret, all as tenant 'default'",
     )
+
+
+def settings_vars() -> tuple[_Var, ...]:
+    """Every variable :func:`load` reads (``env``, ``attr``, ``flag``, ``secret``, ``default``)."""
+    return _VARS

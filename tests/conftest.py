@@ -23,6 +23,7 @@ ALPHA = "alpha-secret-0123456789"
 BETA = "beta-secret-9876543210"
 UC_PUBLIC = "demopublickey"
 UC_SECRET = "demosecretkey"
+LOOPBACK_HOSTS = "127.0.0.0/8,::1/128,localhost"
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 FIXTURES = Path(__file__).parent / "fixtures"
 UPLOADCARE_FIXTURES = FIXTURES / "uploadcare"
@@ -94,24 +95,29 @@ class FakeClock:
         self.now += seconds
 
 
-def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    env = {
+def base_env(tmp_path: Path, **overrides: str | None) -> dict[str, str]:
+    """The test bridge's environment; an override of None leaves that variable unset (an
+    empty value would be a bad value, not the default)."""
+    env: dict[str, str | None] = {
         "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}",
         "BRIDGE_API_KEYS": f"alpha:{ALPHA},beta:{BETA}",
         "UPLOADCARE_PUBLIC_KEY": UC_PUBLIC,
         "UPLOADCARE_SECRET_KEY": UC_SECRET,
         "BRIDGE_CALLBACK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
+        # And the only hosts a test bridge may call back to: a test that means to register
+        # another host sets its own value (or None for no list) and says why.
+        "BRIDGE_CALLBACK_HOSTS": LOOPBACK_HOSTS,
         "BRIDGE_LOG_LEVEL": "warning",
         # Nothing listens on the discard port: no test ever polls a real Uploadcare.
         "BRIDGE_UPSTREAM_URL": "http://127.0.0.1:9",
     }
     env.update(overrides)
-    return env
+    return {name: value for name, value in env.items() if value is not None}
 
 
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    def make(**overrides: str) -> Settings:
+    def make(**overrides: str | None) -> Settings:
         return settings_mod.load(base_env(tmp_path, **overrides))
 
     return make

@@ -112,7 +112,7 @@ async def fake_upstream(**config: Any) -> AsyncIterator[RunningFake]:
 
 @contextlib.asynccontextmanager
 async def bridge(
-    tmp_path: Path, upstream_url: str, **env: str
+    tmp_path: Path, upstream_url: str, **env: str | None
 ) -> AsyncIterator[TestClient[Any, Any]]:
     settings = settings_mod.load(
         base_env(tmp_path, BRIDGE_UPSTREAM_URL=upstream_url, **{**FAST, **env})

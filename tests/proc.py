@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 # Enough for a cold interpreter on a busy 2-core machine.
@@ -14,9 +15,9 @@ START_TIMEOUT = 30.0
 
 
 class BridgeProcess:
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: Mapping[str, str | None]) -> None:
         self.args = args
-        self.env = {**os.environ, **env}
+        self.env = environment(env)
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self.port: int | None = None
@@ -84,8 +85,14 @@ class BridgeProcess:
         return await self.wait(timeout)
 
 
+def environment(env: Mapping[str, str | None]) -> dict[str, str]:
+    """This process's environment with ``env`` laid over it; None unsets a variable."""
+    merged = {**os.environ, **env}
+    return {name: value for name, value in merged.items() if value is not None}
+
+
 async def run_bridge(
-    args: list[str], env: dict[str, str], timeout: float = 60
+    args: list[str], env: Mapping[str, str | None], timeout: float = 60
 ) -> tuple[int, str, str]:
     """Run a short command to completion: exit code, stdout, stderr."""
     proc = await asyncio.create_subprocess_exec(
@@ -93,7 +100,7 @@ async def run_bridge(
         "-m",
         "bridge",
         *args,
-        env={**os.environ, **env},
+        env=environment(env),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

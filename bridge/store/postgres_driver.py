@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
+from bridge import dburl
 from bridge.store import queries as q
 from bridge.store import verbs
 from bridge.store.base import StoreError
@@ -72,15 +73,8 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def describe_dsn(dsn: str) -> str:
-    """``host:port/db`` for messages: never the user-info."""
-    try:
-        parts = urlsplit(dsn)
-        host = parts.hostname or "localhost"
-        port = parts.port or 5432
-    except ValueError:
-        return "(an unparsable URL)"
-    return f"{host}:{port}{parts.path or '/'}"
+# How a URL is shown in messages: the one spelling, shared with bridge.settings.
+describe_dsn = dburl.describe
 
 
 async def _do(c: Conn, op: Op) -> Any:

@@ -978,7 +978,9 @@ async def test_an_unreachable_server_is_a_store_error_without_the_password() -> 
     with pytest.raises(StoreError) as err:
         await open_store(Database("postgresql", dsn=url))
     message = str(err.value)
-    assert message.startswith("cannot connect to PostgreSQL at 127.0.0.1:1/bridge: ")
+    assert message.startswith(
+        "cannot connect to PostgreSQL at postgresql://bridge@127.0.0.1:1/bridge: "
+    )
     assert "s3cr" not in message and "\n" not in message
     assert err.value.__cause__ is None and err.value.__suppress_context__
 

@@ -17,7 +17,7 @@ from tests.proc import BridgeProcess, run_bridge
 URL = "http://127.0.0.1:9/hooks/uc"
 
 
-def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+def serve_env(tmp_path: Path, **extra: str | None) -> dict[str, str]:
     env = base_env(tmp_path, BRIDGE_PORT="0", BRIDGE_LOG_LEVEL="info", **extra)
     return env
 
@@ -141,7 +141,7 @@ async def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
 
 
 async def test_insecure_no_auth_serves_tenant_default(tmp_path: Path) -> None:
-    env = serve_env(tmp_path, BRIDGE_API_KEYS="")
+    env = serve_env(tmp_path, BRIDGE_API_KEYS=None)
     bridge = await BridgeProcess(["serve", "--insecure-no-auth"], env).start()
     try:
         async with (

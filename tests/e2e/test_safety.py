@@ -35,7 +35,7 @@ from bridge import settings as settings_mod
 from bridge.app import create_app
 from bridge.fake_upstream import FakeConfig, running
 from bridge.netpolicy import BLOCKED_MESSAGE, POLICY_MESSAGE, NetworkPolicy
-from tests.conftest import ALPHA, UC_PUBLIC, base_env
+from tests.conftest import ALPHA, LOOPBACK_HOSTS, UC_PUBLIC, base_env
 from tests.harness import FAST, Receiver, fake_upstream, receiver, register, wait_state
 from tests.proc import BridgeProcess, run_bridge
 from tests.resolvers import StaticResolver
@@ -54,7 +54,7 @@ async def bridge(
     *,
     policy_names: dict[str, Any] | None = None,
     with_scheduler: bool = True,
-    **env: str,
+    **env: str | None,
 ) -> AsyncIterator[tuple[Client, StaticResolver]]:
     """A bridge on loopback whose policy resolves names only through a StaticResolver."""
     settings = settings_mod.load(base_env(tmp_path, **{**FAST, **env}))
@@ -217,8 +217,13 @@ async def test_policy_table_through_the_api(tmp_path: Path) -> None:
     """
     tokens = itertools.count(7000)
     wrong: list[str] = []
+    # No allow list and no host list: the network policy alone is under test here.
     async with bridge(
-        tmp_path, policy_names=NAMES, with_scheduler=False, BRIDGE_CALLBACK_ALLOW_NETWORKS=""
+        tmp_path,
+        policy_names=NAMES,
+        with_scheduler=False,
+        BRIDGE_CALLBACK_ALLOW_NETWORKS=None,
+        BRIDGE_CALLBACK_HOSTS=None,
     ) as (client, _):
         for url, ok in TABLE:
             body = {"token": next(tokens), "callback_url": url}
@@ -261,7 +266,9 @@ async def test_dns_rebinding_gets_a_blocked_attempt_and_no_connection(
             tmp_path,
             policy_names=names,
             BRIDGE_UPSTREAM_URL=fake.url,
-            BRIDGE_CALLBACK_ALLOW_NETWORKS="",
+            BRIDGE_CALLBACK_ALLOW_NETWORKS=None,
+            # A name on the host list is still judged by the policy at every attempt.
+            BRIDGE_CALLBACK_HOSTS=f"{LOOPBACK_HOSTS},rebind.test",
         ) as (client, resolver),
     ):
         port = int(rec.url.rsplit(":", 1)[1])
@@ -336,6 +343,7 @@ async def test_allow_list_lets_one_loopback_address_through(
             policy_names=names,
             BRIDGE_UPSTREAM_URL=fake.url,
             BRIDGE_CALLBACK_ALLOW_NETWORKS="127.0.0.1/32",
+            BRIDGE_CALLBACK_HOSTS=None,  # the network policy's allow list is under test
         ) as (client, _),
     ):
         other_port = other.url.rsplit(":", 1)[1]
@@ -669,6 +677,9 @@ async def test_startup_errors_name_no_secret(tmp_path: Path) -> None:
         {"BRIDGE_WEBHOOK_SECRETS": f"nobody:{whsec}"},  # a tenant without a key
         {"BRIDGE_DATABASE_URL": f"postgresql://u:{marker}@127.0.0.1:1/db"},  # unreachable
         {"BRIDGE_DATABASE_URL": f"mysql://u:{marker}@127.0.0.1/db"},  # unsupported
+        {"BRIDGE_DATABASE_URL": f"postgresql://u:1/{marker}@127.0.0.1/db"},  # not encoded
+        {"BRIDGE_DATABASE_URL": f"postgresql://u:{marker}#x@127.0.0.1/db"},
+        {"BRIDGE_DATABASE_URL": f"postgresql://u:{marker}@127.0.0.1:x/db"},
     ]
     for extra in cases:
         env = base_env(tmp_path, BRIDGE_PORT="0", **extra)

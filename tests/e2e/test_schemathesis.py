@@ -82,7 +82,10 @@ class LiveBridge:
 def live_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp: Path = tmp_path_factory.mktemp("schemathesis")
     # No allow list: even loopback callbacks are refused (base_env allows 127/8 otherwise).
-    settings = settings_mod.load(base_env(tmp, BRIDGE_CALLBACK_ALLOW_NETWORKS=""))
+    # And no host list: the fuzz is to reach the network policy, not stop before it.
+    settings = settings_mod.load(
+        base_env(tmp, BRIDGE_CALLBACK_ALLOW_NETWORKS=None, BRIDGE_CALLBACK_HOSTS=None)
+    )
     assert settings.callback_allow_networks == ()
     policy = NetworkPolicy(resolver=StaticResolver(NAMES))
     server = LiveBridge(create_app(settings, policy=policy, with_scheduler=False))

@@ -31,17 +31,13 @@ async def serve(env: dict[str, str]) -> tuple[int, str, str]:
 
 async def serve_like(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     # Nothing set in the developer's shell leaks into the check.
-    full = {var: "" for var in _ALL_VARS if var in os.environ} | env
+    full: dict[str, str | None] = {var: None for var in os.environ if _is_setting(var)}
+    full |= env
     return await run_bridge(args, full)
 
 
-_ALL_VARS = (
-    "UPLOADCARE_PUBLIC_KEY",
-    "UPLOADCARE_SECRET_KEY",
-    "BRIDGE_API_KEYS",
-    "BRIDGE_DATABASE_URL",
-    "BRIDGE_PORT",
-)
+def _is_setting(var: str) -> bool:
+    return var.startswith(("BRIDGE_", "UPLOADCARE_")) and not var.startswith("BRIDGE_TEST_")
 
 
 async def test_nothing_set_names_the_first_key_to_set(tmp_path: Path) -> None:
@@ -53,13 +49,13 @@ async def test_nothing_set_names_the_first_key_to_set(tmp_path: Path) -> None:
 
 
 async def test_missing_public_key(tmp_path: Path) -> None:
-    code, out, err = await serve(base_env(tmp_path, UPLOADCARE_PUBLIC_KEY=""))
+    code, out, err = await serve(base_env(tmp_path, UPLOADCARE_PUBLIC_KEY=None))
     assert code == 2 and out == ""
     assert one_line(err).startswith("bridge: UPLOADCARE_PUBLIC_KEY: not set; give your")
 
 
 async def test_missing_secret_key_mentions_the_file_variant(tmp_path: Path) -> None:
-    code, _, err = await serve(base_env(tmp_path, UPLOADCARE_SECRET_KEY=""))
+    code, _, err = await serve(base_env(tmp_path, UPLOADCARE_SECRET_KEY=None))
     assert code == 2
     line = one_line(err)
     assert line.startswith("bridge: UPLOADCARE_SECRET_KEY: not set")
@@ -75,7 +71,7 @@ async def test_unreadable_secret_file(tmp_path: Path) -> None:
 
 
 async def test_no_api_keys_says_how_to_give_them_or_run_without(tmp_path: Path) -> None:
-    code, out, err = await serve(base_env(tmp_path, BRIDGE_API_KEYS=""))
+    code, out, err = await serve(base_env(tmp_path, BRIDGE_API_KEYS=None))
     assert code == 2 and out == ""
     line = one_line(err)
     assert line.startswith("bridge: BRIDGE_API_KEYS: not set; give name:secret pairs")
@@ -103,6 +99,25 @@ async def test_bad_database_url_shows_the_accepted_forms(tmp_path: Path, url: st
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bridge:12345/PwX-secret@127.0.0.1/db",
+        "postgresql://bridge:PwX#secret@127.0.0.1/db",
+        "postgresql://bridge:PwX@secret@127.0.0.1:1/db",
+    ],
+)
+async def test_a_database_url_that_does_not_parse_shows_no_part_of_the_password(
+    tmp_path: Path, url: str
+) -> None:
+    code, out, err = await serve(base_env(tmp_path, BRIDGE_DATABASE_URL=url))
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("bridge: BRIDGE_DATABASE_URL: ")
+    assert "a password must be percent-encoded" in line
+    assert "PwX" not in err and "secret" not in err and "12345" not in err
+
+
+@pytest.mark.parametrize(
     ("networks", "meant"), [("10.20.30.40/1", "0.0.0.0/1"), ("10.20.30.40/16", "10.20.0.0/16")]
 )
 async def test_allow_network_with_host_bits_suggests_the_network_meant(
@@ -112,7 +127,24 @@ async def test_allow_network_with_host_bits_suggests_the_network_meant(
     assert code == 2 and out == ""
     line = one_line(err)
     assert line.startswith("bridge: BRIDGE_CALLBACK_ALLOW_NETWORKS: ")
-    assert networks in line and line.endswith(f"(did you mean {meant}?)")
+    assert line.endswith(f": {networks} has host bits set; did you mean {meant}?")
+
+
+@pytest.mark.parametrize("var", ["BRIDGE_PORT", "UPLOADCARE_PUBLIC_KEY", "BRIDGE_API_KEYS"])
+async def test_an_empty_variable_stops_the_start_naming_it(tmp_path: Path, var: str) -> None:
+    code, out, err = await serve(base_env(tmp_path, **{var: ""}))
+    assert code == 2 and out == ""
+    assert one_line(err).startswith(f"bridge: {var}: set but empty; give a value, or unset it")
+
+
+async def test_an_empty_secret_file_stops_the_start_naming_it(tmp_path: Path) -> None:
+    empty = tmp_path / "api-keys"
+    empty.write_text("\n")
+    code, out, err = await serve(
+        base_env(tmp_path, BRIDGE_API_KEYS=None, BRIDGE_API_KEYS_FILE=str(empty))
+    )
+    assert code == 2 and out == ""
+    assert one_line(err) == f"bridge: BRIDGE_API_KEYS_FILE: {empty} is empty"
 
 
 async def test_database_in_a_folder_that_does_not_exist(tmp_path: Path) -> None:

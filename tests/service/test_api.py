@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
-from tests.conftest import ALPHA, BETA, FakeClock
+from bridge.app import create_app
+from bridge.settings import Settings
+from tests.conftest import ALPHA, BETA, LOOPBACK_HOSTS, FakeClock
 
 Client = TestClient[Any, Any]
 JSON = {"Content-Type": "application/json"}
@@ -154,9 +157,17 @@ async def test_validation_errors_name_the_field(client: Client, body: Any, field
     assert field in [e["field"] for e in problem["errors"]]
 
 
-async def test_network_policy_message_names_no_address(client: Client) -> None:
-    resp = await register(client, {"token": 1, "callback_url": "http://10.1.2.3:8080/hook"})
-    problem = await assert_problem(resp, 422)
+async def test_network_policy_message_names_no_address(
+    make_settings: Callable[..., Settings], clock: FakeClock
+) -> None:
+    # The harness's BRIDGE_CALLBACK_HOSTS would refuse 10.1.2.3 first (with its own
+    # message): widen it to that network, so that the network policy is what refuses.
+    app = create_app(
+        make_settings(BRIDGE_CALLBACK_HOSTS=f"{LOOPBACK_HOSTS},10.0.0.0/8"), clock=clock
+    )
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await register(client, {"token": 1, "callback_url": "http://10.1.2.3:8080/hook"})
+        problem = await assert_problem(resp, 422)
     assert problem["errors"] == [
         {"field": "callback_url", "message": "callback_url is not allowed by the network policy"}
     ]

@@ -74,10 +74,19 @@ SPEC_REFUSED_V6 = [
         "ff00::/8",
         "2001::/32",
         "2001:db8::/32",
+        "100::/64",
     ]
 ]
 EMBEDDING_V6 = [
-    ipaddress.IPv6Network(n) for n in ["::/96", "::ffff:0:0/96", "64:ff9b::/96", "2002::/16"]
+    ipaddress.IPv6Network(n)
+    for n in [
+        "::/96",
+        "::ffff:0:0/96",
+        "::ffff:0:0:0/96",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+        "2002::/16",
+    ]
 ]
 
 
@@ -218,6 +227,8 @@ CASES = [
     refused("http://[2001::1]/"),
     refused("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/"),
     refused("http://[2001:db8::1]/"),
+    refused("http://[100::]/"),  # discard-only
+    refused("http://[100::ffff:ffff:ffff:ffff]/"),
     # IPv4 embedded in IPv6
     refused("http://[::ffff:127.0.0.1]/"),
     refused("http://[::ffff:7f00:1]/"),
@@ -227,6 +238,12 @@ CASES = [
     refused("http://[::10.0.0.1]/"),
     refused("http://[64:ff9b::a00:1]/"),
     refused("http://[64:ff9b::127.0.0.1]/"),
+    refused("http://[::ffff:0:127.0.0.1]/"),  # SIIT IPv4-translated
+    refused("http://[::ffff:0:a00:1]/"),
+    refused("http://[::ffff:0:169.254.169.254]/"),
+    refused("http://[64:ff9b:1::a00:1]/"),  # local-use NAT64
+    refused("http://[64:ff9b:1::127.0.0.1]/"),
+    refused("http://[64:ff9b:1:ffff:1:2:c0a8:101]/"),
     refused("http://[2002:7f00:0001::]/"),
     refused("http://[2002:a9fe:a9fe::1]/"),
     refused("http://[2002:c0a8:0101:1::1]/"),
@@ -275,6 +292,11 @@ CASES = [
     allowed("http://[::ffff:8.8.8.8]/"),
     allowed("http://[::8.8.8.8]/"),
     allowed("http://[64:ff9b::8.8.8.8]/"),
+    allowed("http://[::ffff:0:8.8.8.8]/"),
+    allowed("http://[64:ff9b:1::8.8.8.8]/"),
+    allowed("http://[64:ff9b:1:abcd::808:808]/"),
+    allowed("http://[101::1]/"),  # just past 100::/64
+    allowed("http://[100:0:0:1::1]/"),
     allowed("http://[2002:0808:0808::1]/"),
     allowed("http://[2001:4860:4860::8888]/"),  # 2001:4860::/32 is not Teredo
     allowed("http://0x08080808/"),
@@ -435,7 +457,9 @@ def test_parse_networks(text: str, expected: tuple[str, ...]) -> None:
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [
-        ("10.0.0.1/8", r"'10\.0\.0\.1/8'.*host bits set.*did you mean 10\.0\.0\.0/8"),
+        ("10.0.0.1/8", r"^10\.0\.0\.1/8 has host bits set; did you mean 10\.0\.0\.0/8\?$"),
+        ("10.20.30.40/1", r"^10\.20\.30\.40/1 has host bits set; did you mean 0\.0\.0\.0/1\?$"),
+        ("fd00::1/8", r"^fd00::1/8 has host bits set; did you mean fd00::/8\?$"),
         ("banana", "invalid network 'banana'"),
         ("10.0.0.0/8, banana", "invalid network 'banana'"),
         ("10.0.0.0/33", r"invalid network '10\.0\.0\.0/33'"),
@@ -498,6 +522,11 @@ def test_parse_ip_literal(host: str, expected: str | None) -> None:
         ("::ffff:8.8.8.8", "8.8.8.8"),
         ("::8.8.8.8", "8.8.8.8"),
         ("64:ff9b::a00:1", "10.0.0.1"),
+        ("::ffff:0:a00:1", "10.0.0.1"),
+        ("::ffff:0:8.8.8.8", "8.8.8.8"),
+        ("64:ff9b:1::a00:1", "10.0.0.1"),
+        ("64:ff9b:1:ffff::8.8.8.8", "8.8.8.8"),
+        ("64:ff9b:2::a00:1", None),
         ("2002:7f00:1::", "127.0.0.1"),
         ("::", None),
         ("::1", None),
@@ -542,6 +571,8 @@ OTHER_RENDERINGS: dict[str, Callable[[int], str]] = {
     "mapped-hex": lambda n: f"[::ffff:{n >> 16:x}:{n & 0xFFFF:x}]",
     "mapped-bare": lambda n: f"::ffff:{_dotted(n)}",
     "nat64": lambda n: f"[64:ff9b::{_dotted(n)}]",
+    "siit": lambda n: f"[::ffff:0:{_dotted(n)}]",
+    "nat64-local": lambda n: f"[64:ff9b:1:2:3::{_dotted(n)}]",
     "6to4": lambda n: f"[2002:{n >> 16:x}:{n & 0xFFFF:x}::1]",
 }
 RENDERINGS = {**ATON_RENDERINGS, **OTHER_RENDERINGS}
@@ -622,7 +653,10 @@ async def test_public_v6_passes(addr: ipaddress.IPv6Address) -> None:
 
 
 @PROPERTY_SETTINGS
-@given(number=st.integers(2, 2**32 - 1), style=st.sampled_from(["mapped", "nat64", "6to4"]))
+@given(
+    number=st.integers(2, 2**32 - 1),
+    style=st.sampled_from(["mapped", "nat64", "siit", "nat64-local", "6to4"]),
+)
 def test_embedded_forms_follow_their_ipv4(number: int, style: str) -> None:
     addr = parse_ip_literal(OTHER_RENDERINGS[style](number))
     assert addr is not None

@@ -164,6 +164,8 @@ ODD_LOOPBACK = [
     "http://\uff11\uff12\uff17.0.0.1/",
     "http://[::127.0.0.1]/",
     "http://[64:ff9b::7f00:1]/",
+    "http://[::ffff:0:127.0.0.1]/",  # SIIT IPv4-translated
+    "http://[64:ff9b:1::7f00:1]/",  # local-use NAT64
     "http://[2002:7f00:1::]/",
     "http://user:pw@0x7f.1/hook",
 ]
@@ -184,12 +186,23 @@ def test_literal_check_refuses_odd_spellings(url: str) -> None:
         f"http://{PUBLIC_V4}/",
         "http://0x5d.0xb8.0xd8.0x22/",
         f"https://[{PUBLIC_V6}]:8443/",
+        "http://[::ffff:0:8.8.8.8]/",
+        "http://[64:ff9b:1::8.8.8.8]/",
+        "http://[101::1]/",
         "http://public.test/",  # names are the resolver's to judge
         "http://localhost/",
     ],
 )
 def test_literal_check_passes_public_literals_and_names(url: str) -> None:
     NetworkPolicy().check_target(URL(url))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[100::1]/", "http://[64:ff9b:1::a00:1]/", "http://[::ffff:0:a00:1]/"]
+)
+def test_literal_check_refuses_discard_only_and_translated_private(url: str) -> None:
+    with pytest.raises(PolicyBlockedError):
+        NetworkPolicy(allow=LOOPBACK).check_target(URL(url))
 
 
 class Handler:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.settings import Settings, SettingsError, load, parse_duration
+from bridge.dburl import describe
+from bridge.settings import Settings, SettingsError, load, parse_duration, settings_vars
+from bridge.store.postgres_driver import describe_dsn
 
 
 @pytest.mark.parametrize(
@@ -179,6 +182,117 @@ def test_allow_network_with_host_bits_is_a_bad_value(text: str, meant: str) -> N
         load({"BRIDGE_CALLBACK_ALLOW_NETWORKS": text})
     message = str(info.value)
     assert message.startswith("BRIDGE_CALLBACK_ALLOW_NETWORKS: ")
-    assert "host bits set" in message
-    assert f"did you mean {meant}?" in message
+    bad = next(p.strip() for p in text.split(",") if "/" in p and p.strip() != "127.0.0.0/8")
+    assert message.endswith(f": {bad} has host bits set; did you mean {meant}?")
     assert "\n" not in message
+
+
+# -- An empty variable is a bad value, not the default -------------------------------------
+
+EVERY_VAR = [var.env for var in settings_vars()]
+SECRET_VARS = [var.env for var in settings_vars() if var.secret]
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t\n"])
+@pytest.mark.parametrize("name", EVERY_VAR)
+def test_an_empty_variable_is_a_bad_value_naming_it(name: str, value: str) -> None:
+    assert load({}) == Settings()  # unset: the default
+    with pytest.raises(SettingsError) as info:
+        load({name: value})
+    message = str(info.value)
+    assert message.startswith(f"{name}: set but empty; give a value, or unset it")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("var", [v for v in settings_vars() if not v.secret])
+def test_an_empty_flag_is_a_bad_value_naming_its_variable(var: Any) -> None:
+    with pytest.raises(SettingsError) as info:
+        load({}, {var.attr: ""})
+    assert str(info.value) == f"{var.env}: {var.flag} is empty; give a value, or leave it out"
+
+
+@pytest.mark.parametrize("name", SECRET_VARS)
+def test_an_empty_file_variable_or_file_is_a_bad_value(name: str, tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=f"^{name}_FILE: set but empty; "):
+        load({f"{name}_FILE": ""})
+    for content in ("", "\n", "\r\n", "  \n"):
+        path = tmp_path / "value"
+        path.write_text(content)
+        with pytest.raises(SettingsError) as info:
+            load({f"{name}_FILE": str(path)})
+        assert str(info.value) == f"{name}_FILE: {path} is empty"
+
+
+def test_a_secret_file_loses_only_its_trailing_line_breaks(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("uc-secret\n")
+    assert load({"UPLOADCARE_SECRET_KEY_FILE": str(path)}).uploadcare_secret_key == "uc-secret"
+    path.write_text("uc-secret\r\n\n")
+    assert load({"UPLOADCARE_SECRET_KEY_FILE": str(path)}).uploadcare_secret_key == "uc-secret"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(SettingsError, match=r"^UPLOADCARE_SECRET_KEY_FILE: .* is not UTF-8"):
+        load({"UPLOADCARE_SECRET_KEY_FILE": str(path)})
+
+
+# -- BRIDGE_DATABASE_URL: parsed strictly, described without its password ----------------
+
+SECRET = "S3cr3tPw"
+
+# Each is a bad value; the password (SECRET) must appear in no message.
+NASTY_DATABASE_URLS = [
+    f"postgresql://bridge:12345/{SECRET}@host/db",  # '/' in the password
+    f"postgresql://bridge:{SECRET}#x@host/db",  # '#'
+    f"postgresql://bridge:{SECRET}?x@host/db",  # '?'
+    f"postgresql://bridge:{SECRET}@x@host/db",  # '@': asyncpg and Python cut differently
+    f"postgresql://bridge:{SECRET}%zz@host/db",  # a '%' that is no escape
+    f"postgresql://bridge:{SECRET}%@host/db",
+    f"postgresql://bridge:{SECRET}@host:port/db",  # bad ports
+    f"postgresql://bridge:{SECRET}@host:70000/db",
+    f"postgresql://bridge:{SECRET}@host:0/db",
+    f"postgresql://bridge:{SECRET}@host:/db",
+    f"postgresql://bridge:{SECRET}@host:5432,other:5432/db",
+    f"postgresql://bridge:{SECRET}@/db",  # missing host
+    f"postgresql://bridge:{SECRET}@",
+    "postgresql://",
+    f"postgresql://bridge:{SECRET}@[::1/db",
+    f"postgresql://bridge:{SECRET} x@host/db",  # whitespace, control characters
+    f"postgresql://bridge:{SECRET}\x7f@host/db",
+    f"postgresql://bridge:{SECRET}@host/db/more",
+    f"mysql://bridge:{SECRET}@host/db",  # unknown schemes
+    f"postgresql+asyncpg://bridge:{SECRET}@host/db",
+    f"bridge:{SECRET}@host/db",
+]
+
+
+@pytest.mark.parametrize("url", NASTY_DATABASE_URLS)
+def test_a_database_url_that_does_not_parse_is_a_bad_value_showing_no_secret(url: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load({"BRIDGE_DATABASE_URL": url})
+    message = str(info.value)
+    assert message.startswith("BRIDGE_DATABASE_URL: ") and "\n" not in message
+    assert SECRET not in message and "12345" not in message
+    for part in ("x@host", "70000", "other", "db/more", "[::1"):
+        assert part not in message
+    if url.startswith("postgresql://") and "@" in url:
+        assert "a password must be percent-encoded" in message
+    assert describe(url) in ("(an unparseable PostgreSQL URL)",)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secret"),
+    [
+        ("postgresql://u:pw%21@db:5432/bridge", "postgresql://u@db:5432/bridge", "pw!"),
+        ("postgres://u:a%2Fb%23c%3Fd%40e%25@db/x", "postgres://u@db:5432/x", "a/b#c?d@e%"),
+        ("postgresql://u:p:w@db:6432/x", "postgresql://u@db:6432/x", "p:w"),
+        ("postgresql://u@[::1]:5433/x?sslmode=require", "postgresql://u@[::1]:5433/x", None),
+        ("postgresql://db/x?password=qpw", "postgresql://db:5432/x", "qpw"),
+    ],
+)
+def test_a_database_url_is_shown_as_scheme_user_host_port_database(
+    url: str, shown: str, secret: str | None
+) -> None:
+    database = load({"BRIDGE_DATABASE_URL": url}).database
+    assert str(database) == describe(url) == describe_dsn(url) == shown
+    assert repr(database).count("pw") == 0
+    if secret is not None:
+        assert secret in load({"BRIDGE_DATABASE_URL": url}).secret_values()
