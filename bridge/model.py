@@ -295,6 +295,7 @@ class DeliveryWork:
     round_attempts: int
     outcome_at: float
     due_at: float
+    round_started_at: float  # the outcome for the first round, the request for a redelivery
 
 
 @dataclass(frozen=True, slots=True)

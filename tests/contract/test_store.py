@@ -409,6 +409,7 @@ async def test_an_outcome_goes_to_every_job_registered_by_the_poll(store: Store)
                 round_attempts=0,
                 outcome_at=T0 + 1.4,
                 due_at=T0 + 1.4,
+                round_started_at=T0 + 1.4,
             )
             for job_id, name, meta in ((a, "a", None), (b, "b", '{"o":1}'))
         ],

@@ -91,11 +91,19 @@ WITH due AS (
 SELECT * FROM claimed ORDER BY next_poll_at, id;
 
 -- name: claim_deliveries
--- As claim_watches, for callbacks.
+-- As claim_watches, for callbacks: due ones, earliest first, around the ones this process
+-- may not start now (see bridge/fairness.py): a full tenant's, a full host's, and those
+-- waiting on an open circuit unless their round has lasted the schedule's length (they
+-- are then ended).
 WITH due AS (
     SELECT seq FROM jobs
      WHERE state = 'delivering' AND next_attempt_at <= :now
        AND (lease_until IS NULL OR lease_until < extract(epoch FROM statement_timestamp())::float8)
+       AND tenant <> ALL(:skip_tenants::text[])
+       AND (callback_host IS NULL
+            OR (callback_host <> ALL(:skip_hosts::text[])
+                AND (callback_host <> ALL(:held_hosts::text[])
+                     OR coalesce(round_started_at, outcome_at) + :round_length::float8 <= :now)))
      ORDER BY next_attempt_at
      LIMIT :limit
        FOR UPDATE SKIP LOCKED
@@ -105,9 +113,15 @@ WITH due AS (
            lease_until = extract(epoch FROM statement_timestamp())::float8 + :lease::float8
      WHERE j.seq = ANY (ARRAY(SELECT seq FROM due))
     RETURNING j.seq, j.id, j.tenant, j.kind, j.token, j.callback_url, j.body, j.attempts,
-              j.round_attempts, j.outcome_at, j.next_attempt_at
+              j.round_attempts, j.outcome_at, j.next_attempt_at,
+              coalesce(j.round_started_at, j.outcome_at) AS round_started_at
 )
 SELECT * FROM claimed ORDER BY next_attempt_at, seq;
+
+-- name: release_deliveries
+-- Claimed callbacks this process cannot start now, given back due as they were.
+UPDATE jobs SET lease_owner = NULL, lease_until = NULL
+ WHERE id = ANY(:job_ids::text[]) AND lease_owner = :owner AND state = 'delivering';
 
 -- name: hand_outcome
 -- A tracking job gets its outcome (a poll's, or expiry's); with :lease_owner its first
@@ -116,7 +130,8 @@ UPDATE jobs
    SET state = 'delivering', outcome = :outcome, up_status = :up_status,
        up_error = :up_error, up_result = :up_result, polls = :polls,
        last_polled_at = :last_polled_at, outcome_at = :at, body = :body,
-       next_attempt_at = :at, round_attempts = 0, updated_at = :at, lease_owner = :lease_owner,
+       next_attempt_at = :at, round_attempts = 0, updated_at = :at, round_started_at = :at,
+       lease_owner = :lease_owner,
        lease_until = extract(epoch FROM statement_timestamp())::float8 + :lease::float8
  WHERE id = :job_id;
 

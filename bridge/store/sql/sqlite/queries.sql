@@ -71,15 +71,29 @@ RETURNING id, kind, token, next_poll_at, status, "interval", not_found, failures
           coalesce(armed_at, created_at), last_polled_at;
 
 -- name: claim_deliveries
+-- Due callbacks, earliest first, around the ones this process may not start now (see
+-- bridge/fairness.py): a full tenant's, a full host's, and those waiting on an open
+-- circuit unless their round has lasted the schedule's length (they are then ended).
 UPDATE jobs SET lease_owner = :owner, lease_until = :now + :lease
  WHERE seq IN (
        SELECT seq FROM jobs
         WHERE state = 'delivering' AND next_attempt_at <= :now
           AND (lease_until IS NULL OR lease_until < :now)
+          AND tenant NOT IN (SELECT value FROM json_each(:skip_tenants))
+          AND (callback_host IS NULL
+               OR (callback_host NOT IN (SELECT value FROM json_each(:skip_hosts))
+                   AND (callback_host NOT IN (SELECT value FROM json_each(:held_hosts))
+                        OR coalesce(round_started_at, outcome_at) + :round_length <= :now)))
         ORDER BY next_attempt_at
         LIMIT :limit)
 RETURNING seq, id, tenant, kind, token, callback_url, body, attempts, round_attempts,
-          outcome_at, next_attempt_at;
+          outcome_at, next_attempt_at, coalesce(round_started_at, outcome_at);
+
+-- name: release_deliveries
+-- Claimed callbacks this process cannot start now, given back due as they were.
+UPDATE jobs SET lease_owner = NULL, lease_until = NULL
+ WHERE id IN (SELECT value FROM json_each(:job_ids)) AND lease_owner = :owner
+   AND state = 'delivering';
 
 -- name: hand_outcome
 -- A tracking job gets its outcome (a poll's, or expiry's); with :lease_owner its first
@@ -88,7 +102,7 @@ UPDATE jobs
    SET state = 'delivering', outcome = :outcome, up_status = :up_status,
        up_error = :up_error, up_result = :up_result, polls = :polls,
        last_polled_at = :last_polled_at, outcome_at = :at, body = :body,
-       next_attempt_at = :at, round_attempts = 0, updated_at = :at,
+       next_attempt_at = :at, round_attempts = 0, updated_at = :at, round_started_at = :at,
        lease_owner = :lease_owner, lease_until = :at + :lease
  WHERE id = :job_id;
 
