@@ -151,9 +151,7 @@ class DeliveryGate:
         now = self.clock()
         full = [h for h, n in self._hosts.items() if n >= self.host_cap]
         held = [
-            h
-            for h, c in self._circuits.items()
-            if c.open and (c.probing or now < c.next_probe_at)
+            h for h, c in self._circuits.items() if c.open and (c.probing or now < c.next_probe_at)
         ]
         return sorted(full), sorted(held)
 

@@ -147,12 +147,13 @@ class Store:
         return await self.driver.run(lambda: verbs.expire_due(now))
 
     async def claim_due_deliveries(
-        self, owner: str, *, now: float, lease: float, limit: int, around: Around = Around()
+        self, owner: str, *, now: float, lease: float, limit: int, around: Around | None = None
     ) -> list[DeliveryWork]:
         """Lease up to ``limit`` callbacks whose attempt is due, earliest first, leaving
         alone those ``around`` names (the ones this process may not start now)."""
         return await self.driver.run(
-            lambda: verbs.claim_due_deliveries(owner, now, lease, limit, around), tx=False
+            lambda: verbs.claim_due_deliveries(owner, now, lease, limit, around or Around()),
+            tx=False,
         )
 
     async def release_deliveries(self, owner: str, job_ids: list[str]) -> None:

@@ -23,6 +23,7 @@ from bridge.store import queries as q
 from bridge.store import rules
 from bridge.store.queries import Program
 
+
 @dataclass(frozen=True, slots=True)
 class Around:
     """What a delivery claim leaves alone (``bridge.fairness``): callbacks of these tenants

@@ -202,7 +202,9 @@ def test_callback_host_and_tenant_caps() -> None:
     assert (s.callback_concurrency, s.callback_tenant_concurrency) == (4, 100)
 
 
-@pytest.mark.parametrize("var", ["BRIDGE_CALLBACK_HOST_CONCURRENCY", "BRIDGE_CALLBACK_TENANT_CONCURRENCY"])
+@pytest.mark.parametrize(
+    "var", ["BRIDGE_CALLBACK_HOST_CONCURRENCY", "BRIDGE_CALLBACK_TENANT_CONCURRENCY"]
+)
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "many"])
 def test_callback_caps_are_positive_whole_numbers(var: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
