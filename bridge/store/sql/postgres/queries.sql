@@ -72,14 +72,38 @@ DELETE FROM watches
 -- One statement: concurrent claimers never wait for each other nor take the same row.
 -- "= ANY (ARRAY(...))" rather than a join: a generic plan (asyncpg prepares statements)
 -- cannot tell that LIMIT is small and would hash-join against a scan of the table.
-WITH due AS (
-    SELECT id FROM watches
-     WHERE next_poll_at <= :now
-       AND (lease_until IS NULL OR lease_until < extract(epoch FROM statement_timestamp())::float8)
-       AND kind <> ALL(:skip_kinds::text[])
-     ORDER BY next_poll_at
-     LIMIT :limit
-       FOR UPDATE SKIP LOCKED
+--
+-- Tenants take turns (SPEC "Polling"): each owner's most overdue watch first, then each
+-- one's second, and so on, so a tenant with a hundred thousand due watches cannot starve
+-- one with ten. The owners with live watches are walked on the (owner, next_poll_at)
+-- index (a loose index scan: one probe per owner), and each contributes at most :limit of
+-- its earliest: the cost grows with tenants and the claim, not with the backlog. Each
+-- owner's candidates are locked as they are read (SKIP LOCKED: a concurrent claimer's
+-- rows are passed over, not waited for, and one leased since this statement's snapshot
+-- is re-checked on its new version); those that lose their turn are unlocked when the
+-- statement ends.
+WITH RECURSIVE owners AS (
+    (SELECT owner FROM watches WHERE next_poll_at IS NOT NULL ORDER BY owner LIMIT 1)
+    UNION ALL
+    SELECT (SELECT w.owner FROM watches w
+             WHERE w.next_poll_at IS NOT NULL AND w.owner > o.owner
+             ORDER BY w.owner LIMIT 1)
+      FROM owners o WHERE o.owner IS NOT NULL
+), turns AS (
+    SELECT c.id, c.next_poll_at,
+           row_number() OVER (PARTITION BY o.owner ORDER BY c.next_poll_at, c.id) AS turn
+      FROM owners o CROSS JOIN LATERAL (
+           SELECT id, next_poll_at FROM watches
+            WHERE owner = o.owner AND next_poll_at <= :now
+              AND (lease_until IS NULL
+                   OR lease_until < extract(epoch FROM statement_timestamp())::float8)
+              AND kind <> ALL(:skip_kinds::text[])
+            ORDER BY next_poll_at
+            LIMIT :limit
+              FOR UPDATE SKIP LOCKED) c
+     WHERE o.owner IS NOT NULL
+), due AS (
+    SELECT id FROM turns ORDER BY turn, next_poll_at, id LIMIT :limit
 ), claimed AS (
     UPDATE watches w
        SET lease_owner = :owner,

@@ -58,15 +58,30 @@ DELETE FROM watches
 -- -- claims and leases: the application's clock --------------------------------------------
 
 -- name: claim_watches
--- One statement: the due watches, earliest first, leased. RETURNING keeps no order: the
--- program sorts what it gets.
+-- One statement: the due watches, leased, tenants taking turns: each owner's most overdue
+-- first, then each one's second, and so on (SPEC "Polling"), so a tenant with a hundred
+-- thousand due watches cannot starve one with ten. The owners with live watches are
+-- walked on the (owner, next_poll_at) index, one step per owner, and each contributes at
+-- most :limit of its earliest: the cost grows with tenants and the claim, not the backlog.
+-- RETURNING keeps no order: the program sorts what it gets.
+WITH RECURSIVE owners(owner) AS (
+       SELECT min(owner) FROM watches WHERE next_poll_at IS NOT NULL
+       UNION ALL
+       SELECT (SELECT min(w.owner) FROM watches w
+                WHERE w.next_poll_at IS NOT NULL AND w.owner > owners.owner)
+         FROM owners WHERE owners.owner IS NOT NULL),
+     turns AS (
+       SELECT w.id, w.next_poll_at,
+              row_number() OVER (PARTITION BY w.owner ORDER BY w.next_poll_at, w.id) AS turn
+         FROM owners JOIN watches w ON w.id IN (
+              SELECT x.id FROM watches x
+               WHERE x.owner = owners.owner AND x.next_poll_at <= :now
+                 AND (x.lease_until IS NULL OR x.lease_until < :now)
+                 AND x.kind NOT IN (SELECT value FROM json_each(:skip_kinds))
+               ORDER BY x.next_poll_at
+               LIMIT :limit))
 UPDATE watches SET lease_owner = :owner, lease_until = :now + :lease
- WHERE id IN (
-       SELECT id FROM watches
-        WHERE next_poll_at <= :now AND (lease_until IS NULL OR lease_until < :now)
-          AND kind NOT IN (SELECT value FROM json_each(:skip_kinds))
-        ORDER BY next_poll_at
-        LIMIT :limit)
+ WHERE id IN (SELECT id FROM turns ORDER BY turn, next_poll_at, id LIMIT :limit)
 RETURNING id, kind, token, next_poll_at, status, "interval", not_found, failures,
           coalesce(armed_at, created_at), last_polled_at;
 
