@@ -79,6 +79,11 @@ class Metrics:
             buckets=_HTTP_BUCKETS,
             registry=r,
         )
+        self.callback_circuits_open = Gauge(
+            "bridge_callback_circuits_open",
+            "Callback hosts whose circuit is open (in this process).",
+            registry=r,
+        )
         self.deliveries = Counter(
             "bridge_deliveries", "Rounds of attempts by how they ended.", ["outcome"], registry=r
         )

@@ -315,6 +315,7 @@ class DeliveryWork:
     round_attempts: int
     outcome_at: float
     due_at: float
+    round_started_at: float  # the outcome for the first round, the request for a redelivery
 
     @property
     def first_round(self) -> bool:

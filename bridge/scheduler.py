@@ -25,6 +25,7 @@ import structlog
 
 from bridge import model
 from bridge.delivery import AttemptResult, Deliverer
+from bridge.fairness import CircuitEvent, DeliveryGate, Refusal, Ticket, Verdict, host_key, verdict
 from bridge.metrics import Metrics
 from bridge.model import Attempt, DeliveryWork, Kind, PollRecord, Recorded, WatchWork
 from bridge.pacing import PauseBoard, RateLimiter
@@ -42,6 +43,7 @@ from bridge.pollplan import Plan, add, make_plan, needs_decay
 from bridge.settings import Settings
 from bridge.store.base import StoreError
 from bridge.store.engine import Store
+from bridge.store.verbs import Around
 from bridge.upstream import Observation, known_status
 from bridge.webhooks import SecretBook
 
@@ -68,6 +70,7 @@ PAUSED_MESSAGE = (
     "UPLOADCARE_SECRET_KEY, BRIDGE_UPSTREAM_AUTH and the project's features. No job "
     "fails because of this; polling resumes after the pause."
 )
+ROUND_SPENT = "the retry schedule's time ran out while the receiver's circuit was open"
 
 
 class StatusSource(Protocol):
@@ -86,6 +89,7 @@ class StepReport:
     outcomes: int = 0  # jobs that polls gave an outcome
     attempted: int = 0  # callback attempts made
     delivered: int = 0  # ... of which the receiver took
+    held: int = 0  # claimed callbacks given back unstarted: their host or tenant was full
 
     @property
     def idle(self) -> bool:
@@ -159,6 +163,14 @@ class Scheduler:
         # must start with at least BRIDGE_UPSTREAM_TIMEOUT of its lease left (see _poll).
         self._start_within = settings.lease - settings.upstream_timeout
         self._claim_window = max(1, int(settings.upstream_rps * self._start_within / 2))
+        # Fairness of callbacks (bridge/fairness.py): caps and circuits, in this process.
+        self.gate = DeliveryGate(
+            host_cap=settings.callback_host_concurrency,
+            tenant_cap=settings.callback_tenant_concurrency,
+            clock=monotonic,
+        )
+        self._round_length = sum(settings.callback_retry_schedule)
+        self._held = False  # the last look left due callbacks to the gate (full, or a circuit)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -296,7 +308,13 @@ class Scheduler:
         with contextlib.suppress(StoreError):
             due = await self.store.next_due()
             if due is not None:
-                timeout = min(timeout, max(BATCH_WINDOW, due - self.clock()))
+                wait = due - self.clock()
+                if wait <= 0 and self._held:
+                    # What is due waits on the gate: a finished attempt wakes the loop, a
+                    # circuit's next probe is known. Not a claim every BATCH_WINDOW.
+                    probe = self.gate.next_probe_at()
+                    wait = MAX_IDLE if probe is None else probe - self.monotonic()
+                timeout = min(timeout, max(BATCH_WINDOW, wait))
         if timeout > 0:
             self._sleeping_until = self.clock() + timeout
             with contextlib.suppress(TimeoutError):
@@ -338,22 +356,50 @@ class Scheduler:
             self._short_of_slots |= len(watches) == free
         free = self._delivery_room()
         if free > 0:
+            around = self._around()
             deliveries = await self.store.claim_due_deliveries(
-                self.owner, now=now, lease=self.settings.lease, limit=free
+                self.owner, now=now, lease=self.settings.lease, limit=free, around=around
             )
-            for d in deliveries:
-                self._start_delivery(d, step)
-            full = full or len(deliveries) == free
-            self._short_of_slots |= len(deliveries) == free
+            refused = [d for d in deliveries if not self._start_delivery(d, step)]
+            await self._return_unstarted(refused, step)
+            # Given-back work is left out of the next claim (its host or tenant is full now),
+            # so a full batch still means more may be due; but not when all went back.
+            full = full or (len(deliveries) == free and len(refused) < free)
+            self._held = bool(refused or around.tenants or around.hosts or around.held_hosts)
+            self._short_of_slots |= len(deliveries) == free or self._held
         return full
 
     def _delivery_room(self) -> int:
         return self.settings.callback_concurrency - len(self._deliveries) - self._reserved
 
-    def _start_delivery(self, d: DeliveryWork, step: _Step) -> None:
+    def _around(self) -> Around:
+        """What the delivery claim leaves alone: this process may not start it now."""
+        hosts, held = self.gate.closed_hosts()
+        return Around(
+            tuple(self.gate.full_tenants()), tuple(hosts), tuple(held), self._round_length
+        )
+
+    def _start_delivery(self, d: DeliveryWork, step: _Step) -> bool:
+        """Start a claimed callback if the gate lets it; False: give it back unstarted."""
+        ticket = self.gate.admit(host_key(d.callback_url), d.tenant)
+        if isinstance(ticket, Refusal):
+            if (
+                ticket is Refusal.CIRCUIT
+                and self.clock() >= d.round_started_at + self._round_length
+            ):
+                self._spawn(self._deliveries, self._end_round(d), step)
+                return True
+            return False
         self._in_flight[d.job_id] = False
         self._claimed_at[d.job_id] = self.monotonic()
-        self._spawn(self._deliveries, self._deliver(d, step), step)
+        self._spawn(self._deliveries, self._deliver(d, ticket, step), step)
+        return True
+
+    async def _return_unstarted(self, refused: list[DeliveryWork], step: _Step) -> None:
+        """Claimed callbacks the gate refused go back due as they were, no attempt spent."""
+        if refused:
+            step.done.held += len(refused)
+            await self.store.release_deliveries(self.owner, [d.job_id for d in refused])
 
     async def _replan(self) -> None:
         """Rebuild each kind's poll plan from the durations the store holds (any replica's)."""
@@ -426,10 +472,14 @@ class Scheduler:
             self._started.discard(asyncio.current_task())
         step.done.outcomes += len(recorded)
         self._outcomes(recorded)
+        refused = []
         for r in recorded:
             # Once a stop began, nothing new starts: the lease goes back with the others.
-            if r.delivery is not None and not self._stopping:
-                self._start_delivery(r.delivery, step)
+            started = r.delivery is None or self._stopping or self._start_delivery(r.delivery, step)
+            if not started and r.delivery is not None:
+                refused.append(r.delivery)
+        with contextlib.suppress(StoreError):
+            await self._return_unstarted(refused, step)  # else they wait for their lease to lapse
         if any(r.delivery is None for r in recorded):
             self._wake.set()
 
@@ -506,21 +556,59 @@ class Scheduler:
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def _deliver(self, d: DeliveryWork, step: _Step) -> None:
+    async def _deliver(self, d: DeliveryWork, ticket: Ticket, step: _Step) -> None:
+        res = None
         try:
-            await self._attempt(d, step)
+            res = await self._attempt(d, step)
         except Exception:
             log.exception("delivery_failed", job_id=d.job_id, kind=d.kind, token=d.token)
         finally:
             self._in_flight.pop(d.job_id, None)
             self._claimed_at.pop(d.job_id, None)
+            seen = Verdict.NOTHING if res is None else verdict(res.result, res.status)
+            self._circuit(ticket.host, self.gate.finish(ticket, seen))
 
-    async def _attempt(self, d: DeliveryWork, step: _Step) -> None:
+    def _circuit(self, host: str, event: CircuitEvent | None) -> None:
+        if event is None:
+            return
+        self.metrics.callback_circuits_open.set(self.gate.open_circuits())
+        if event is CircuitEvent.OPENED:
+            log.warning(
+                "callback_circuit_opened", host=host, open_circuits=self.gate.open_circuits()
+            )
+        else:
+            log.info("callback_circuit_closed", host=host, open_circuits=self.gate.open_circuits())
+            self._wake.set()  # the callbacks that waited for it are due
+
+    async def _end_round(self, d: DeliveryWork) -> None:
+        """A round that lasted the schedule's length while its host's circuit held it."""
+        try:
+            ended = await self.store.end_round(
+                d.job_id, self.owner, now=self.clock(), round_length=self._round_length
+            )
+        except Exception:
+            log.exception("delivery_failed", job_id=d.job_id, kind=d.kind, token=d.token)
+            return
+        if ended:
+            self.metrics.deliveries.labels("undeliverable").inc()
+            log.warning(
+                "job_undeliverable",
+                job_id=d.job_id,
+                kind=d.kind,
+                token=d.token,
+                n=d.attempts,
+                status=None,
+                error=ROUND_SPENT,
+            )
+
+    async def _attempt(self, d: DeliveryWork, step: _Step) -> AttemptResult | None:
+        """One attempt and its record; the result, or None when none was sent."""
         kw = {"job_id": d.job_id, "kind": d.kind, "token": d.token}
         secrets = await self.secrets.for_tenant(d.tenant)
+        # The last check before the wire: a cancel on any replica stops the attempt here.
         if not await self.may_send(d.job_id):
             log.info("delivery_skipped_canceled", **kw)
-            return
+            return None
         self.metrics.scheduler_lag.observe(max(0.0, self.clock() - d.due_at))
         res = await self.deliverer.attempt(
             d.callback_url, d.body, model.webhook_id(d.job_id), secrets
@@ -541,7 +629,7 @@ class Scheduler:
         )
         if not changed:
             log.info("callback_attempt_after_cancel", n=attempt.n, result=res.result, **kw)
-            return
+            return res
         if state == model.DELIVERED:
             step.done.delivered += 1
             self.metrics.deliveries.labels("delivered").inc()
@@ -562,6 +650,7 @@ class Scheduler:
                 next_attempt_at=model.rfc3339(next_at),
                 **kw,
             )
+        return res
 
     def _after_attempt(self, d: DeliveryWork, res: AttemptResult) -> tuple[str, float | None]:
         if res.delivered:
@@ -574,6 +663,9 @@ class Scheduler:
             res.retry_after,
             self.rand(),
         )
-        if delay is None:
+        finished = res.started_at + res.duration
+        if delay is None or finished >= d.round_started_at + self._round_length:
+            # The schedule is spent, or the round has lasted as long as it (a circuit kept
+            # its attempts waiting).
             return model.UNDELIVERABLE, None
-        return model.DELIVERING, res.started_at + res.duration + delay
+        return model.DELIVERING, finished + delay

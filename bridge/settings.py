@@ -282,6 +282,20 @@ _VARS: tuple[_Var, ...] = (
     ),
     _Var("BRIDGE_CALLBACK_CONCURRENCY", "callback_concurrency", "64", _positive_int),
     _Var(
+        "BRIDGE_CALLBACK_HOST_CONCURRENCY",
+        "callback_host_concurrency",
+        "8",
+        _positive_int,
+        help="callback deliveries in flight to one host (host and port), at most",
+    ),
+    _Var(
+        "BRIDGE_CALLBACK_TENANT_CONCURRENCY",
+        "callback_tenant_concurrency",
+        "16",
+        _positive_int,
+        help="callback deliveries in flight for one tenant, at most",
+    ),
+    _Var(
         "BRIDGE_CALLBACK_ALLOW_NETWORKS",
         "callback_allow_networks",
         "",
@@ -343,6 +357,9 @@ class Settings:
         86400.0,
     )
     callback_concurrency: int = 64
+    # Per process; a cap above callback_concurrency simply never binds (no error).
+    callback_host_concurrency: int = 8
+    callback_tenant_concurrency: int = 16
     callback_allow_networks: tuple[IPNetwork, ...] = ()
     callback_hosts: CallbackHosts = field(default_factory=CallbackHosts)
     retention: float = 720 * 3600.0

@@ -12,6 +12,7 @@ from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorde
 from bridge.store import verbs
 from bridge.store.base import open_cursor, seal_cursor
 from bridge.store.queries import Program
+from bridge.store.verbs import Around
 
 T = TypeVar("T")
 
@@ -171,11 +172,24 @@ class Store:
         return await self.driver.run(lambda: verbs.expire_due(now))
 
     async def claim_due_deliveries(
-        self, owner: str, *, now: float, lease: float, limit: int
+        self, owner: str, *, now: float, lease: float, limit: int, around: Around | None = None
     ) -> list[DeliveryWork]:
-        """Lease up to ``limit`` callbacks whose attempt is due, earliest first."""
+        """Lease up to ``limit`` callbacks whose attempt is due, earliest first, leaving
+        alone those ``around`` names (the ones this process may not start now)."""
         return await self.driver.run(
-            lambda: verbs.claim_due_deliveries(owner, now, lease, limit), tx=False
+            lambda: verbs.claim_due_deliveries(owner, now, lease, limit, around or Around()),
+            tx=False,
+        )
+
+    async def release_deliveries(self, owner: str, job_ids: list[str]) -> None:
+        """Give back claimed callbacks unstarted: due as they were, no attempt spent."""
+        await self.driver.run(lambda: verbs.release_deliveries(owner, job_ids), tx=False)
+
+    async def end_round(self, job_id: str, owner: str, *, now: float, round_length: float) -> bool:
+        """End a claimed job's round ``undeliverable`` without an attempt, if it has lasted
+        ``round_length`` seconds and is still delivering; whether it did."""
+        return await self.driver.run(
+            lambda: verbs.end_round(job_id, owner, now, round_length), tx=False
         )
 
     async def record_attempt(

@@ -219,6 +219,7 @@ def first_delivery(job: Row, body: bytes, at: float) -> DeliveryWork:
         0,
         at,
         at,
+        at,
     )
 
 

@@ -13,8 +13,11 @@ one lock order keeps them free of deadlocks (SQLite's transaction holds the whol
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from operator import itemgetter
 
+from bridge.fairness import host_key
 from bridge.model import (
     DELIVERING,
     KINDS,
@@ -30,6 +33,19 @@ from bridge.store import queries as q
 from bridge.store import rules
 from bridge.store.base import Conflict
 from bridge.store.queries import Program
+
+
+@dataclass(frozen=True, slots=True)
+class Around:
+    """What a delivery claim leaves alone (``bridge.fairness``): callbacks of these tenants
+    and hosts, and those bound for ``held_hosts`` (open circuits) unless their round has
+    lasted ``round_length`` seconds."""
+
+    tenants: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    held_hosts: tuple[str, ...] = ()
+    round_length: float = math.inf
+
 
 # NOTIFY channel on which a stored pause is announced to every replica.
 PAUSE_CHANNEL = "bridge_pauses"
@@ -49,6 +65,7 @@ def register(
     p |= {"tenant": new.tenant, "kind": new.kind, "token": new.token}
     p |= {"callback_url": new.callback_url, "metadata": new.metadata}
     p["url_digest"] = rules.url_digest(new.callback_url)
+    p["callback_host"] = host_key(new.callback_url)
     # The watch row lock serializes every registration of this (kind, token).
     watch, made = None, 0
     while watch is None and not made:
@@ -271,12 +288,33 @@ def expire_due(now: float) -> Program[list[Recorded]]:
 
 
 def claim_due_deliveries(
-    owner: str, now: float, lease: float, limit: int
+    owner: str, now: float, lease: float, limit: int, around: Around
 ) -> Program[list[DeliveryWork]]:
-    claimed = yield q.rows("claim_deliveries", owner=owner, now=now, lease=lease, limit=limit)
+    claimed = yield q.rows(
+        "claim_deliveries",
+        owner=owner,
+        now=now,
+        lease=lease,
+        limit=limit,
+        skip_tenants=list(around.tenants),
+        skip_hosts=list(around.hosts),
+        held_hosts=list(around.held_hosts),
+        round_length=around.round_length,
+    )
     # Earliest first (RETURNING keeps no order): by due time, then registration.
     claimed = sorted(claimed, key=itemgetter("next_attempt_at", "seq"))
     return [DeliveryWork(*tuple(r)[1:]) for r in claimed]
+
+
+def release_deliveries(owner: str, job_ids: list[str]) -> Program[None]:
+    yield q.exec("release_deliveries", owner=owner, job_ids=job_ids)
+
+
+def end_round(job_id: str, owner: str, now: float, round_length: float) -> Program[bool]:
+    ended = yield q.exec(
+        "end_round", job_id=job_id, owner=owner, now=now, round_length=round_length
+    )
+    return bool(ended)
 
 
 def record_attempt(

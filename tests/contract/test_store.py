@@ -321,6 +321,34 @@ async def test_claim_takes_due_watches_earliest_first(store: Store) -> None:
     ] == [5]
 
 
+async def test_tenants_take_turns_at_due_polls(store: Store) -> None:
+    """SPEC "Polling": tenant X's 1,000 due watches, all older than tenant Y's 10, do not
+    keep Y's out of a claim of 20: each tenant's most overdue first, in turns."""
+    xs = [job(token=10_000 + i, tenant="x") for i in range(1000)]
+    for start in range(0, len(xs), 100):
+        await asyncio.gather(
+            *(
+                reg_at(store, n, T0, T0 + 1 + i * 0.001)
+                for i, n in enumerate(xs[start : start + 100], start)
+            )
+        )
+    for i in range(10):
+        await reg_at(store, job(token=20_000 + i, tenant="y"), T0, T0 + 5 + i)
+    claimed = await store.claim_due_watches("a", now=T0 + 100, lease=LONG, limit=20)
+    tokens = [w.token for w in claimed]
+    assert len(tokens) == 20
+    assert sorted(t for t in tokens if t >= 20_000) == [20_000 + i for i in range(10)]
+    assert sorted(t for t in tokens if t < 20_000) == [10_000 + i for i in range(10)]
+    # Earliest first within what was claimed; the next claim goes on with X's backlog.
+    assert [w.due_at for w in claimed] == sorted(w.due_at for w in claimed)
+    more = await store.claim_due_watches("a", now=T0 + 100, lease=LONG, limit=5)
+    assert [w.token for w in more] == [10_010 + i for i in range(5)]
+    # With one tenant alone it is the plain due order.
+    assert [
+        w.token for w in await store.claim_due_watches("b", now=T0 + 1.0205, lease=LONG, limit=3)
+    ] == [10_015, 10_016, 10_017]
+
+
 async def test_a_lease_keeps_work_from_others_until_it_runs_out(store: Store) -> None:
     await reg(store, job(token=1))
     claimed = await store.claim_due_watches("a", now=T0 + 2, lease=0.2, limit=5)
@@ -474,6 +502,7 @@ async def test_an_outcome_goes_to_every_job_registered_by_the_poll(store: Store)
                 round_attempts=0,
                 outcome_at=T0 + 1.4,
                 due_at=T0 + 1.4,
+                round_started_at=T0 + 1.4,
             )
             for job_id, name, meta in ((a, "a", None), (b, "b", '{"o":1}'))
         ],

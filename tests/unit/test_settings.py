@@ -296,3 +296,31 @@ def test_a_database_url_is_shown_as_scheme_user_host_port_database(
     assert repr(database).count("pw") == 0
     if secret is not None:
         assert secret in load({"BRIDGE_DATABASE_URL": url}).secret_values()
+
+
+def test_callback_host_and_tenant_caps() -> None:
+    s = load({})
+    assert (s.callback_host_concurrency, s.callback_tenant_concurrency) == (8, 16)
+    s = load(
+        {"BRIDGE_CALLBACK_HOST_CONCURRENCY": "2", "BRIDGE_CALLBACK_TENANT_CONCURRENCY": "3"},
+    )
+    assert (s.callback_host_concurrency, s.callback_tenant_concurrency) == (2, 3)
+    # A flag beats the environment, as for every setting that is not a secret.
+    s = load(
+        {"BRIDGE_CALLBACK_HOST_CONCURRENCY": "2"},
+        {"callback_host_concurrency": "5", "callback_tenant_concurrency": "7"},
+    )
+    assert (s.callback_host_concurrency, s.callback_tenant_concurrency) == (5, 7)
+    # A cap above BRIDGE_CALLBACK_CONCURRENCY is allowed: it just never binds.
+    s = load({"BRIDGE_CALLBACK_CONCURRENCY": "4", "BRIDGE_CALLBACK_TENANT_CONCURRENCY": "100"})
+    assert (s.callback_concurrency, s.callback_tenant_concurrency) == (4, 100)
+
+
+@pytest.mark.parametrize(
+    "var", ["BRIDGE_CALLBACK_HOST_CONCURRENCY", "BRIDGE_CALLBACK_TENANT_CONCURRENCY"]
+)
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "many"])
+def test_callback_caps_are_positive_whole_numbers(var: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load({var: value})
+    assert str(info.value).startswith(f"{var}: ")

@@ -168,6 +168,7 @@ def test_an_outcome_goes_to_every_job_and_the_first_come_leased() -> None:
                 0,
                 T0 + 11,
                 T0 + 11,
+                T0 + 11,
             ),
         ),
         Recorded("job_b", "video", 9, "finished"),

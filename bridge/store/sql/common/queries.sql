@@ -40,9 +40,10 @@ SELECT id FROM jobs
 -- Nothing when a duplicate committed despite the watch lock: the registration then
 -- decides against that one. (SQLite needs the WHERE to read ON CONFLICT as an upsert.)
 INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, url_digest, metadata,
-                  state, polls_base, created_at, updated_at, deadline_at, first_poll_at)
+                  state, polls_base, created_at, updated_at, deadline_at, first_poll_at,
+                  callback_host)
 SELECT :job_id, :tenant, id, kind, token, :callback_url, :url_digest, :metadata, 'tracking',
-       polls, :now, :now, :deadline_at, :first_poll_at
+       polls, :now, :now, :deadline_at, :first_poll_at, :callback_host
   FROM watches WHERE kind = :kind AND token = :token
 ON CONFLICT (tenant, kind, token, url_digest) WHERE state <> 'canceled' DO NOTHING;
 
@@ -95,7 +96,7 @@ UPDATE jobs
 -- name: redeliver_job
 UPDATE jobs
    SET state = 'delivering', next_attempt_at = :now, delivered_at = NULL, round_attempts = 0,
-       ended_at = NULL, updated_at = :now
+       ended_at = NULL, updated_at = :now, round_started_at = :now
  WHERE id = :job_id;
 
 -- name: offer_secret
@@ -171,6 +172,15 @@ UPDATE jobs
        lease_owner = CASE WHEN lease_owner = :owner OR :ended THEN NULL ELSE lease_owner END,
        lease_until = CASE WHEN lease_owner = :owner OR :ended THEN NULL ELSE lease_until END
  WHERE id = :job_id;
+
+-- name: end_round
+-- A round that lasted as long as the retry schedule while its host's circuit kept it
+-- waiting ends without an attempt. Only by the lease's holder, and only if still so.
+UPDATE jobs
+   SET state = 'undeliverable', next_attempt_at = NULL, ended_at = :now, updated_at = :now,
+       lease_owner = NULL, lease_until = NULL
+ WHERE id = :job_id AND state = 'delivering' AND lease_owner = :owner
+   AND coalesce(round_started_at, outcome_at) + :round_length <= :now;
 
 -- -- learned durations and pauses ----------------------------------------------------------
 

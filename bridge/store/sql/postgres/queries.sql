@@ -85,14 +85,38 @@ UPDATE watches SET status = NULL, error = NULL, result = NULL
 -- One statement: concurrent claimers never wait for each other nor take the same row.
 -- "= ANY (ARRAY(...))" rather than a join: a generic plan (asyncpg prepares statements)
 -- cannot tell that LIMIT is small and would hash-join against a scan of the table.
-WITH due AS (
-    SELECT id FROM watches
-     WHERE next_poll_at <= :now
-       AND (lease_until IS NULL OR lease_until < extract(epoch FROM statement_timestamp())::float8)
-       AND kind <> ALL(:skip_kinds::text[])
-     ORDER BY next_poll_at
-     LIMIT :limit
-       FOR UPDATE SKIP LOCKED
+--
+-- Tenants take turns (SPEC "Polling"): each owner's most overdue watch first, then each
+-- one's second, and so on, so a tenant with a hundred thousand due watches cannot starve
+-- one with ten. The owners with live watches are walked on the (owner, next_poll_at)
+-- index (a loose index scan: one probe per owner), and each contributes at most :limit of
+-- its earliest: the cost grows with tenants and the claim, not with the backlog. Each
+-- owner's candidates are locked as they are read (SKIP LOCKED: a concurrent claimer's
+-- rows are passed over, not waited for, and one leased since this statement's snapshot
+-- is re-checked on its new version); those that lose their turn are unlocked when the
+-- statement ends.
+WITH RECURSIVE owners AS (
+    (SELECT owner FROM watches WHERE next_poll_at IS NOT NULL ORDER BY owner LIMIT 1)
+    UNION ALL
+    SELECT (SELECT w.owner FROM watches w
+             WHERE w.next_poll_at IS NOT NULL AND w.owner > o.owner
+             ORDER BY w.owner LIMIT 1)
+      FROM owners o WHERE o.owner IS NOT NULL
+), turns AS (
+    SELECT c.id, c.next_poll_at,
+           row_number() OVER (PARTITION BY o.owner ORDER BY c.next_poll_at, c.id) AS turn
+      FROM owners o CROSS JOIN LATERAL (
+           SELECT id, next_poll_at FROM watches
+            WHERE owner = o.owner AND next_poll_at <= :now
+              AND (lease_until IS NULL
+                   OR lease_until < extract(epoch FROM statement_timestamp())::float8)
+              AND kind <> ALL(:skip_kinds::text[])
+            ORDER BY next_poll_at
+            LIMIT :limit
+              FOR UPDATE SKIP LOCKED) c
+     WHERE o.owner IS NOT NULL
+), due AS (
+    SELECT id FROM turns ORDER BY turn, next_poll_at, id LIMIT :limit
 ), claimed AS (
     UPDATE watches w
        SET lease_owner = :owner,
@@ -104,11 +128,19 @@ WITH due AS (
 SELECT * FROM claimed ORDER BY next_poll_at, id;
 
 -- name: claim_deliveries
--- As claim_watches, for callbacks.
+-- As claim_watches, for callbacks: due ones, earliest first, around the ones this process
+-- may not start now (see bridge/fairness.py): a full tenant's, a full host's, and those
+-- waiting on an open circuit unless their round has lasted the schedule's length (they
+-- are then ended).
 WITH due AS (
     SELECT seq FROM jobs
      WHERE state = 'delivering' AND next_attempt_at <= :now
        AND (lease_until IS NULL OR lease_until < extract(epoch FROM statement_timestamp())::float8)
+       AND tenant <> ALL(:skip_tenants::text[])
+       AND (callback_host IS NULL
+            OR (callback_host <> ALL(:skip_hosts::text[])
+                AND (callback_host <> ALL(:held_hosts::text[])
+                     OR coalesce(round_started_at, outcome_at) + :round_length::float8 <= :now)))
      ORDER BY next_attempt_at
      LIMIT :limit
        FOR UPDATE SKIP LOCKED
@@ -118,9 +150,15 @@ WITH due AS (
            lease_until = extract(epoch FROM statement_timestamp())::float8 + :lease::float8
      WHERE j.seq = ANY (ARRAY(SELECT seq FROM due))
     RETURNING j.seq, j.id, j.tenant, j.kind, j.token, j.callback_url, j.body, j.attempts,
-              j.round_attempts, j.outcome_at, j.next_attempt_at
+              j.round_attempts, j.outcome_at, j.next_attempt_at,
+              coalesce(j.round_started_at, j.outcome_at) AS round_started_at
 )
 SELECT * FROM claimed ORDER BY next_attempt_at, seq;
+
+-- name: release_deliveries
+-- Claimed callbacks this process cannot start now, given back due as they were.
+UPDATE jobs SET lease_owner = NULL, lease_until = NULL
+ WHERE id = ANY(:job_ids::text[]) AND lease_owner = :owner AND state = 'delivering';
 
 -- name: hand_outcome
 -- A tracking job gets its outcome (a poll's, or expiry's); with :lease_owner its first
@@ -129,7 +167,8 @@ UPDATE jobs
    SET state = 'delivering', outcome = :outcome, up_status = :up_status,
        up_error = :up_error, up_result = :up_result, polls = :polls,
        last_polled_at = :last_polled_at, outcome_at = :at, body = :body,
-       next_attempt_at = :at, round_attempts = 0, updated_at = :at, lease_owner = :lease_owner,
+       next_attempt_at = :at, round_attempts = 0, updated_at = :at, round_started_at = :at,
+       lease_owner = :lease_owner,
        lease_until = extract(epoch FROM statement_timestamp())::float8 + :lease::float8
  WHERE id = :job_id;
 

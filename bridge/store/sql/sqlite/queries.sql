@@ -71,28 +71,57 @@ UPDATE watches SET status = NULL, error = NULL, result = NULL
 -- -- claims and leases: the application's clock --------------------------------------------
 
 -- name: claim_watches
--- One statement: the due watches, earliest first, leased. RETURNING keeps no order: the
--- program sorts what it gets.
+-- One statement: the due watches, leased, tenants taking turns: each owner's most overdue
+-- first, then each one's second, and so on (SPEC "Polling"), so a tenant with a hundred
+-- thousand due watches cannot starve one with ten. The owners with live watches are
+-- walked on the (owner, next_poll_at) index, one step per owner, and each contributes at
+-- most :limit of its earliest: the cost grows with tenants and the claim, not the backlog.
+-- RETURNING keeps no order: the program sorts what it gets.
+WITH RECURSIVE owners(owner) AS (
+       SELECT min(owner) FROM watches WHERE next_poll_at IS NOT NULL
+       UNION ALL
+       SELECT (SELECT min(w.owner) FROM watches w
+                WHERE w.next_poll_at IS NOT NULL AND w.owner > owners.owner)
+         FROM owners WHERE owners.owner IS NOT NULL),
+     turns AS (
+       SELECT w.id, w.next_poll_at,
+              row_number() OVER (PARTITION BY w.owner ORDER BY w.next_poll_at, w.id) AS turn
+         FROM owners JOIN watches w ON w.id IN (
+              SELECT x.id FROM watches x
+               WHERE x.owner = owners.owner AND x.next_poll_at <= :now
+                 AND (x.lease_until IS NULL OR x.lease_until < :now)
+                 AND x.kind NOT IN (SELECT value FROM json_each(:skip_kinds))
+               ORDER BY x.next_poll_at
+               LIMIT :limit))
 UPDATE watches SET lease_owner = :owner, lease_until = :now + :lease
- WHERE id IN (
-       SELECT id FROM watches
-        WHERE next_poll_at <= :now AND (lease_until IS NULL OR lease_until < :now)
-          AND kind NOT IN (SELECT value FROM json_each(:skip_kinds))
-        ORDER BY next_poll_at
-        LIMIT :limit)
+ WHERE id IN (SELECT id FROM turns ORDER BY turn, next_poll_at, id LIMIT :limit)
 RETURNING id, kind, token, next_poll_at, status, "interval", not_found, failures,
           coalesce(armed_at, created_at), last_polled_at;
 
 -- name: claim_deliveries
+-- Due callbacks, earliest first, around the ones this process may not start now (see
+-- bridge/fairness.py): a full tenant's, a full host's, and those waiting on an open
+-- circuit unless their round has lasted the schedule's length (they are then ended).
 UPDATE jobs SET lease_owner = :owner, lease_until = :now + :lease
  WHERE seq IN (
        SELECT seq FROM jobs
         WHERE state = 'delivering' AND next_attempt_at <= :now
           AND (lease_until IS NULL OR lease_until < :now)
+          AND tenant NOT IN (SELECT value FROM json_each(:skip_tenants))
+          AND (callback_host IS NULL
+               OR (callback_host NOT IN (SELECT value FROM json_each(:skip_hosts))
+                   AND (callback_host NOT IN (SELECT value FROM json_each(:held_hosts))
+                        OR coalesce(round_started_at, outcome_at) + :round_length <= :now)))
         ORDER BY next_attempt_at
         LIMIT :limit)
 RETURNING seq, id, tenant, kind, token, callback_url, body, attempts, round_attempts,
-          outcome_at, next_attempt_at;
+          outcome_at, next_attempt_at, coalesce(round_started_at, outcome_at);
+
+-- name: release_deliveries
+-- Claimed callbacks this process cannot start now, given back due as they were.
+UPDATE jobs SET lease_owner = NULL, lease_until = NULL
+ WHERE id IN (SELECT value FROM json_each(:job_ids)) AND lease_owner = :owner
+   AND state = 'delivering';
 
 -- name: hand_outcome
 -- A tracking job gets its outcome (a poll's, or expiry's); with :lease_owner its first
@@ -101,7 +130,7 @@ UPDATE jobs
    SET state = 'delivering', outcome = :outcome, up_status = :up_status,
        up_error = :up_error, up_result = :up_result, polls = :polls,
        last_polled_at = :last_polled_at, outcome_at = :at, body = :body,
-       next_attempt_at = :at, round_attempts = 0, updated_at = :at,
+       next_attempt_at = :at, round_attempts = 0, updated_at = :at, round_started_at = :at,
        lease_owner = :lease_owner, lease_until = :at + :lease
  WHERE id = :job_id;
 
