@@ -42,12 +42,22 @@ class Redactor:
         fresh = {s for s in forms if len(s) >= 4} - self._secrets
         if fresh:
             self._secrets |= fresh
+            self._pattern = None  # compiled when next needed: adds often come in a row
+
+    def forget(self) -> None:
+        """Drop every registered secret (a test suite starting the next app in-process)."""
+        self._secrets.clear()
+        self._pattern = None
+
+    def _compiled(self) -> re.Pattern[str] | None:
+        if self._pattern is None and self._secrets:
             ordered = sorted(self._secrets, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        return self._pattern
 
     def text(self, value: str) -> str:
-        if self._pattern is not None:
-            value = self._pattern.sub(REDACTED, value)
+        if (pattern := self._compiled()) is not None:
+            value = pattern.sub(REDACTED, value)
         if "://" in value:
             value = _USERINFO.sub(REDACTED + "@", value)
         return value
