@@ -232,7 +232,8 @@ def _callback_url(value: Any) -> str | None:
 
     Whitespace, control and format characters are refused as written and as yarl (which
     aiohttp delivers with) decodes each part: a percent-encoded one too, but for a plain
-    space (``%20``) in the path, query or fragment.
+    space (``%20``) in the user-info (sent as Basic credentials, where a space is
+    ordinary), path, query or fragment.
     """
     if not isinstance(value, str):
         return "callback_url must be a string"
@@ -244,8 +245,9 @@ def _callback_url(value: Any) -> str | None:
         parts = urlsplit(value)
         port = parts.port
         url = URL(value)
-        decoded = (url.host or "", url.user or "", url.password or "")
-        decoded_rest = (url.path, url.query_string, url.fragment)
+        decoded = [url.host or ""]
+        decoded_rest = [url.user or "", url.password or "", url.path, url.query_string]
+        decoded_rest.append(url.fragment)
         port = url.port if port is None else port
     except ValueError:
         return "callback_url is not a valid URL"

@@ -559,7 +559,7 @@ class Scheduler:
     async def _deliver(self, d: DeliveryWork, ticket: Ticket, step: _Step) -> None:
         res = None
         try:
-            res = await self._attempt(d, step)
+            res = await self._attempt(d, ticket, step)
         except Exception:
             log.exception("delivery_failed", job_id=d.job_id, kind=d.kind, token=d.token)
         finally:
@@ -601,7 +601,7 @@ class Scheduler:
                 error=ROUND_SPENT,
             )
 
-    async def _attempt(self, d: DeliveryWork, step: _Step) -> AttemptResult | None:
+    async def _attempt(self, d: DeliveryWork, ticket: Ticket, step: _Step) -> AttemptResult | None:
         """One attempt and its record; the result, or None when none was sent."""
         kw = {"job_id": d.job_id, "kind": d.kind, "token": d.token}
         secrets = await self.secrets.for_tenant(d.tenant)
@@ -616,7 +616,10 @@ class Scheduler:
         step.done.attempted += 1
         self.metrics.callback_attempts.labels(res.result).inc()
         self.metrics.callback_duration.observe(res.duration)
-        state, next_at = self._after_attempt(d, res)
+        # Rounds the circuit of their host holds end by time (SPEC "Fairness"); others end
+        # when the schedule is spent, however long jitter and Retry-After made them.
+        held = ticket.probe or self.gate.is_open(ticket.host)
+        state, next_at = self._after_attempt(d, res, held=held)
         attempt = Attempt(
             n=d.attempts + 1,
             at=res.started_at,
@@ -652,7 +655,9 @@ class Scheduler:
             )
         return res
 
-    def _after_attempt(self, d: DeliveryWork, res: AttemptResult) -> tuple[str, float | None]:
+    def _after_attempt(
+        self, d: DeliveryWork, res: AttemptResult, *, held: bool = False
+    ) -> tuple[str, float | None]:
         if res.delivered:
             return model.DELIVERED, None
         if res.gone:
@@ -664,8 +669,8 @@ class Scheduler:
             self.rand(),
         )
         finished = res.started_at + res.duration
-        if delay is None or finished >= d.round_started_at + self._round_length:
-            # The schedule is spent, or the round has lasted as long as it (a circuit kept
-            # its attempts waiting).
+        if delay is None or (held and finished >= d.round_started_at + self._round_length):
+            # The schedule is spent, or a round its host's circuit held has lasted as long
+            # as the schedule.
             return model.UNDELIVERABLE, None
         return model.DELIVERING, finished + delay
