@@ -155,6 +155,13 @@ class DeliveryGate:
         ]
         return sorted(full), sorted(held)
 
+    def rooms(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """(each host with attempts in flight and the room it has left, the same per tenant)."""
+        return (
+            sorted((h, max(0, self.host_cap - n)) for h, n in self._hosts.items()),
+            sorted((t, max(0, self.tenant_cap - n)) for t, n in self._tenants.items()),
+        )
+
     def full_tenants(self) -> list[str]:
         return sorted(t for t, n in self._tenants.items() if n >= self.tenant_cap)
 

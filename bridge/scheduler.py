@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -97,6 +98,15 @@ class StepReport:
 
 
 @dataclass(slots=True, eq=False)
+class _Waiting:
+    """A claimed callback waiting in this process for its host's or tenant's cap."""
+
+    work: DeliveryWork
+    step: _Step
+    claimed: float  # monotonic, when it was claimed
+
+
+@dataclass(slots=True, eq=False)
 class _Step:
     """One look at the store: the work it started (and the callbacks its polls handed off),
     and what came of it. The loop takes one per tick and reads none of it."""
@@ -171,6 +181,15 @@ class Scheduler:
         )
         self._round_length = sum(settings.callback_retry_schedule)
         self._held = False  # the last look left due callbacks to the gate (full, or a circuit)
+        # Claimed callbacks a host's or tenant's cap held back, per host, oldest first: a
+        # finished attempt starts the next at once, not after a claim round trip (with one
+        # busy receiver that round trip per callback halved delivery throughput).
+        self._waiting: dict[str, deque[_Waiting]] = {}
+        self._waiting_tenants: dict[str, int] = {}
+        self._waiting_count = 0
+        # A waiting callback must start with its attempt's whole timeout left on its lease.
+        self._wait_within = settings.lease - settings.callback_timeout
+        self._tickets: dict[str, Ticket] = {}  # job id -> its attempt's place at the gate
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -197,6 +216,9 @@ class Scheduler:
         await self._look(self.clock(), step)
         while step.tasks:
             await asyncio.wait(set(step.tasks))
+        if leftover := self._give_back_waiting(step):
+            with contextlib.suppress(StoreError):
+                await self._return_unstarted(leftover, step)
         if step.done.deferred:
             self._give_back = True
         if self._give_back and not self._polls and not self._deliveries:
@@ -230,7 +252,12 @@ class Scheduler:
         if self._in_flight.get(job_id):
             return False
         claimed = self._claimed_at.get(job_id)
-        if claimed is not None and self.monotonic() - claimed > CANCEL_RECHECK:
+        if (
+            self.store.shared
+            and claimed is not None
+            and self.monotonic() - claimed > CANCEL_RECHECK
+        ):
+            # One process per SQLite file: every DELETE came through this one's map.
             return await self.store.delivery_live(job_id)
         return True
 
@@ -374,26 +401,140 @@ class Scheduler:
 
     def _around(self) -> Around:
         """What the delivery claim leaves alone: this process may not start it now."""
-        hosts, held = self.gate.closed_hosts()
+        _, held = self.gate.closed_hosts()
+        # Each host and tenant may have its cap in flight and as much again waiting here.
+        host_room = self._room(self.gate.rooms()[0], self._waiting_per_host(), self.gate.host_cap)
+        tenant_room = self._room(self.gate.rooms()[1], self._waiting_tenants, self.gate.tenant_cap)
         return Around(
-            tuple(self.gate.full_tenants()), tuple(hosts), tuple(held), self._round_length
+            tuple(t for t, n in tenant_room if n <= 0),
+            tuple(h for h, n in host_room if n <= 0),
+            tuple(held),
+            self._round_length,
+            host_room=tuple(host_room),
+            tenant_room=tuple(tenant_room),
+            host_cap=2 * self.gate.host_cap,
+            tenant_cap=2 * self.gate.tenant_cap,
         )
+
+    def _waiting_per_host(self) -> dict[str, int]:
+        return {h: len(q) for h, q in self._waiting.items()}
+
+    @staticmethod
+    def _room(
+        in_flight_room: list[tuple[str, int]], waiting: dict[str, int], cap: int
+    ) -> list[tuple[str, int]]:
+        """What a claim may take per name: the cap's room in flight plus the room to wait."""
+        room = {name: left + cap for name, left in in_flight_room}
+        for name, n in waiting.items():
+            room[name] = room.get(name, 2 * cap) - n
+        return sorted(room.items())
 
     def _start_delivery(self, d: DeliveryWork, step: _Step) -> bool:
         """Start a claimed callback if the gate lets it; False: give it back unstarted."""
-        ticket = self.gate.admit(host_key(d.callback_url), d.tenant)
+        host = host_key(d.callback_url)
+        ticket = self._admit(host, d)
         if isinstance(ticket, Refusal):
-            if (
-                ticket is Refusal.CIRCUIT
-                and self.clock() >= d.round_started_at + self._round_length
-            ):
+            if ticket is not Refusal.CIRCUIT:
+                return self._wait_for_slot(host, d, step, self.monotonic())
+            if self.clock() >= d.round_started_at + self._round_length:
                 self._spawn(self._deliveries, self._end_round(d), step)
                 return True
             return False
-        self._in_flight[d.job_id] = False
-        self._claimed_at[d.job_id] = self.monotonic()
-        self._spawn(self._deliveries, self._deliver(d, ticket, step), step)
+        self._launch(d, ticket, step, self.monotonic())
         return True
+
+    def _admit(self, host: str, d: DeliveryWork) -> Ticket | Refusal:
+        if len(self._deliveries) >= self.settings.callback_concurrency:
+            return Refusal.HOST  # every slot is taken: wait like a full host's callback
+        return self.gate.admit(host, d.tenant)
+
+    def _launch(self, d: DeliveryWork, ticket: Ticket, step: _Step, claimed: float) -> None:
+        self._in_flight[d.job_id] = False
+        self._claimed_at[d.job_id] = claimed
+        self._tickets[d.job_id] = ticket
+        self._spawn(self._deliveries, self._deliver(d, ticket, step), step)
+
+    def _wait_for_slot(self, host: str, d: DeliveryWork, step: _Step, claimed: float) -> bool:
+        """Keep a callback its host's or tenant's cap refused, to start as one of theirs
+        ends; False when as many wait already as the cap (it is given back)."""
+        queue = self._waiting.get(host)
+        if (
+            self._stopping
+            or (queue is not None and len(queue) >= self.gate.host_cap)
+            or self._waiting_tenants.get(d.tenant, 0) >= self.gate.tenant_cap
+        ):
+            return False
+        self._waiting.setdefault(host, deque()).append(_Waiting(d, step, claimed))
+        self._waiting_tenants[d.tenant] = self._waiting_tenants.get(d.tenant, 0) + 1
+        self._waiting_count += 1
+        return True
+
+    def _unwait(self, host: str) -> _Waiting:
+        queue = self._waiting[host]
+        w = queue.popleft()
+        if not queue:
+            del self._waiting[host]
+        n = self._waiting_tenants[w.work.tenant] - 1
+        if n:
+            self._waiting_tenants[w.work.tenant] = n
+        else:
+            del self._waiting_tenants[w.work.tenant]
+        self._waiting_count -= 1
+        return w
+
+    def _start_waiting(self) -> None:
+        """Start the waiting callbacks the gate now admits; give back those that cannot
+        start in time (their lease) or that a circuit now holds."""
+        if not self._waiting:
+            return
+        if self._stopping:
+            # Nothing new starts: their leases go back with the rest when the stop ends.
+            self._waiting.clear()
+            self._waiting_tenants.clear()
+            self._waiting_count = 0
+            return
+        now = self.monotonic()
+        back: dict[int, tuple[_Step, list[DeliveryWork]]] = {}
+        for host in list(self._waiting):
+            while host in self._waiting:
+                head = self._waiting[host][0]
+                if now - head.claimed > self._wait_within:
+                    ticket: Ticket | Refusal = Refusal.CIRCUIT
+                else:
+                    ticket = self._admit(host, head.work)
+                if ticket is Refusal.HOST or ticket is Refusal.TENANT:
+                    break
+                w = self._unwait(host)
+                if isinstance(ticket, Ticket):
+                    self._launch(w.work, ticket, w.step, w.claimed)
+                else:
+                    back.setdefault(id(w.step), (w.step, []))[1].append(w.work)
+        for step, works in back.values():
+            self._spawn(self._deliveries, self._return_later(works, step), step)
+
+    async def _return_later(self, works: list[DeliveryWork], step: _Step) -> None:
+        with contextlib.suppress(StoreError):
+            await self._return_unstarted(works, step)
+
+    def _give_back_waiting(self, step: _Step) -> list[DeliveryWork]:
+        """Take this step's waiting callbacks out of the queues (to be given back)."""
+        mine: list[DeliveryWork] = []
+        for host in list(self._waiting):
+            kept = deque(w for w in self._waiting[host] if w.step is not step)
+            for w in self._waiting[host]:
+                if w.step is step:
+                    mine.append(w.work)
+            self._waiting[host] = kept
+            while host in self._waiting and not self._waiting[host]:
+                del self._waiting[host]
+        for d in mine:
+            n = self._waiting_tenants[d.tenant] - 1
+            if n:
+                self._waiting_tenants[d.tenant] = n
+            else:
+                del self._waiting_tenants[d.tenant]
+        self._waiting_count -= len(mine)
+        return mine
 
     async def _return_unstarted(self, refused: list[DeliveryWork], step: _Step) -> None:
         """Claimed callbacks the gate refused go back due as they were, no attempt spent."""
@@ -565,8 +706,18 @@ class Scheduler:
         finally:
             self._in_flight.pop(d.job_id, None)
             self._claimed_at.pop(d.job_id, None)
-            seen = Verdict.NOTHING if res is None else verdict(res.result, res.status)
-            self._circuit(ticket.host, self.gate.finish(ticket, seen))
+            self._done_at_gate(d.job_id, res)
+
+    def _done_at_gate(self, job_id: str, res: AttemptResult | None) -> None:
+        """The attempt left its host (answered, failed or never sent): its place at the
+        gate goes to the next callback waiting, while its own record is still being
+        written."""
+        ticket = self._tickets.pop(job_id, None)
+        if ticket is None:
+            return
+        seen = Verdict.NOTHING if res is None else verdict(res.result, res.status)
+        self._circuit(ticket.host, self.gate.finish(ticket, seen))
+        self._start_waiting()
 
     def _circuit(self, host: str, event: CircuitEvent | None) -> None:
         if event is None:
@@ -620,6 +771,7 @@ class Scheduler:
         # when the schedule is spent, however long jitter and Retry-After made them.
         held = ticket.probe or self.gate.is_open(ticket.host)
         state, next_at = self._after_attempt(d, res, held=held)
+        self._done_at_gate(d.job_id, res)
         attempt = Attempt(
             n=d.attempts + 1,
             at=res.started_at,

@@ -18,6 +18,9 @@ T = TypeVar("T")
 
 
 class Driver(Protocol):
+    # Whether other processes may share the database (and so change it behind this one).
+    shared: bool
+
     async def run(self, program: Callable[[], Program[T]], *, tx: bool = True) -> T:
         """Run a fresh ``program()`` to its end; in one transaction unless ``tx`` is False
         (a single statement is its own)."""
@@ -42,6 +45,12 @@ class Store:
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self._cursor_secret: bytes | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether replicas may share this database (PostgreSQL), so that a change made
+        through another process can reach this one only through the database."""
+        return self.driver.shared
 
     async def close(self) -> None:
         await self.driver.close()

@@ -108,6 +108,8 @@ async def _steps(c: Conn, program: Program[T]) -> T:
 
 
 class PostgresDriver:
+    shared = True  # any number of replicas
+
     def __init__(self, dsn: str, schema: str | None = None) -> None:
         self.where = describe_dsn(dsn)
         self.dsn = dsn

@@ -92,6 +92,8 @@ class FileLock:
 
 
 class SQLiteDriver:
+    shared = False  # one process holds the file (FileLock)
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")

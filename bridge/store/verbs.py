@@ -45,6 +45,17 @@ class Around:
     hosts: tuple[str, ...] = ()
     held_hosts: tuple[str, ...] = ()
     round_length: float = math.inf
+    # The most a claim takes for one host or tenant: ``host_room``/``tenant_room`` for
+    # those with callbacks in flight, else the whole cap.
+    host_room: tuple[tuple[str, int], ...] = ()
+    tenant_room: tuple[tuple[str, int], ...] = ()
+    host_cap: int = 1 << 30
+    tenant_cap: int = 1 << 30
+
+
+# How many due callbacks a claim looks at, per callback it may take: enough that a host
+# with little room left does not leave the rest of the claim empty.
+CLAIM_SCAN = 4
 
 
 # NOTIFY channel on which a stored pause is announced to every replica.
@@ -300,6 +311,13 @@ def claim_due_deliveries(
         skip_hosts=list(around.hosts),
         held_hosts=list(around.held_hosts),
         round_length=around.round_length,
+        scan=max(64, limit * CLAIM_SCAN),
+        room_hosts=[h for h, _ in around.host_room],
+        host_left=[n for _, n in around.host_room],
+        room_tenants=[t for t, _ in around.tenant_room],
+        tenant_left=[n for _, n in around.tenant_room],
+        host_cap=around.host_cap,
+        tenant_cap=around.tenant_cap,
     )
     # Earliest first (RETURNING keeps no order): by due time, then registration.
     claimed = sorted(claimed, key=itemgetter("next_attempt_at", "seq"))

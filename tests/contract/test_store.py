@@ -28,6 +28,7 @@ from bridge.store.base import BadCursor
 from bridge.store.postgres_driver import PostgresStore
 from bridge.store.queries import migrations
 from bridge.store.sqlite_driver import SQLiteStore
+from bridge.store.verbs import Around
 from tests import pg
 
 T0 = 1_800_000_000.0
@@ -624,6 +625,34 @@ async def test_claim_due_deliveries_earliest_first_under_lease(store: Store) -> 
     assert await store.claim_due_deliveries("b", now=T0 + 5, lease=LONG, limit=5) == []
 
 
+async def test_a_delivery_claim_takes_no_more_than_each_host_and_tenant_has_room_for(
+    store: Store,
+) -> None:
+    """Claiming callbacks only to give them back cost two writes each when one receiver
+    took everything: a claim takes at most the room each host and tenant has left."""
+    a_url, b_url = "http://127.0.0.1:9/a", "http://127.0.0.2:9/b"
+    for n in range(12):  # host A's callbacks come due first
+        await delivering(store, 100 + n, at=T0 + 1 + n * 0.01, url=a_url)
+    for n in range(3):
+        await delivering(store, 200 + n, at=T0 + 2 + n * 0.01, url=b_url, tenant="beta")
+    around = Around(
+        host_room=(("127.0.0.1:9", 2),),  # six of eight in flight
+        host_cap=8,
+        tenant_cap=16,
+    )
+    got = await store.claim_due_deliveries("a", now=T0 + 5, lease=LONG, limit=50, around=around)
+    hosts = [d.callback_url for d in got]
+    assert hosts.count(a_url) == 2 and hosts.count(b_url) == 3
+    # Nothing of a host in flight: its whole cap; a tenant's room bounds the claim too.
+    around = Around(tenant_room=(("alpha", 1),), host_cap=8, tenant_cap=16)
+    got = await store.claim_due_deliveries("b", now=T0 + 5, lease=LONG, limit=50, around=around)
+    assert [d.callback_url for d in got] == [a_url]
+    got = await store.claim_due_deliveries(
+        "c", now=T0 + 5, lease=LONG, limit=50, around=Around(host_cap=4, tenant_cap=16)
+    )
+    assert [d.callback_url for d in got] == [a_url] * 4
+
+
 async def test_record_attempt_retry_then_delivered(store: Store) -> None:
     job_id = await delivering(store, 1)
     (d,) = await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
@@ -1109,3 +1138,9 @@ async def test_an_outcome_can_come_back_with_its_callback_leased(store: Store) -
     assert await store.record_attempt(
         first, "a", attempt, next_state="delivered", next_attempt_at=None
     )
+
+
+async def test_only_postgresql_is_shared_by_replicas(store: Store) -> None:
+    # The scheduler re-reads a waiting callback's job before sending only where another
+    # process could have canceled it: one process holds a SQLite file.
+    assert store.shared is isinstance(store, PostgresStore)

@@ -105,18 +105,42 @@ async def test_a_hung_receiver_does_not_hold_another_tenants_callbacks(tmp_path:
         assert sorted(c.path for c in r.rec.calls) == ["/a/0", "/a/1", "/a/2"]
         for j in a_jobs:
             assert await attempts(r, "alpha", j) == ("delivered", 1)
-        # B's requests are still hung: two of them (its host's cap), the rest waiting
-        # unclaimed with no attempt spent.
+        # B's requests are still hung: two of them (its host's cap), two more claimed and
+        # waiting in this process for a place, the rest unclaimed; no attempt spent.
         assert b_rec.arrived == 2 and not b_step.done()
         spent = [(await attempts(r, "beta", j))[1] for j in b_jobs]
         assert sorted(spent) == [0] * 24  # the two on the wire are recorded when they end
 
         b_rec.release()
-        assert (await asyncio.wait_for(b_step, STUCK)).delivered == 2
+        # The two that waited start as the hung two end, in the same step.
+        assert (await asyncio.wait_for(b_step, STUCK)).delivered == 4
         for _ in range(11):
             await r.step()
         states = [await attempts(r, "beta", j) for j in b_jobs]
         assert states == [("delivered", 1)] * 24
+
+
+async def test_a_callback_waiting_for_its_hosts_cap_starts_as_the_one_ahead_ends(
+    tmp_path: Path,
+) -> None:
+    """With one busy receiver, each callback used to wait for a claim round trip after a
+    place freed (and was claimed only to be given back when none had): now a claim takes
+    as many again as the cap, which wait here and start the moment an attempt ends,
+    never more than the cap at once."""
+    async with rig(tmp_path, BRIDGE_CALLBACK_HOST_CONCURRENCY="1") as r, hung() as slow:
+        t0 = r.clock()
+        jobs = [await expiring(r, "alpha", f"{slow.url}/w/{i}", 500 + i, 0.5) for i in range(3)]
+        r.clock.now = t0 + 0.5
+        step = asyncio.create_task(r.sched.run_once())
+        await slow.wait_for(1)
+        # One on the wire (the cap), one claimed and waiting, one left in the store.
+        states = [await attempts(r, "alpha", j) for j in jobs]
+        assert states == [("delivering", 0)] * 3 and slow.arrived == 1
+        slow.release()
+        report = await asyncio.wait_for(step, STUCK)
+        assert (report.attempted, report.delivered, report.held) == (2, 2, 0)
+        assert (await r.step()).delivered == 1
+        assert [await attempts(r, "alpha", j) for j in jobs] == [("delivered", 1)] * 3
 
 
 async def test_a_failing_host_opens_its_circuit_and_a_probe_closes_it(tmp_path: Path) -> None:

@@ -131,9 +131,10 @@ SELECT * FROM claimed ORDER BY next_poll_at, id;
 -- As claim_watches, for callbacks: due ones, earliest first, around the ones this process
 -- may not start now (see bridge/fairness.py): a full tenant's, a full host's, and those
 -- waiting on an open circuit unless their round has lasted the schedule's length (they
--- are then ended).
+-- are then ended). Of the earliest :scan candidates, no host or tenant gets more than the
+-- room it has left (:host_cap or :tenant_cap when nothing of it is in flight).
 WITH due AS (
-    SELECT seq FROM jobs
+    SELECT seq, callback_host, tenant, next_attempt_at FROM jobs
      WHERE state = 'delivering' AND next_attempt_at <= :now
        AND (lease_until IS NULL OR lease_until < extract(epoch FROM statement_timestamp())::float8)
        AND tenant <> ALL(:skip_tenants::text[])
@@ -142,13 +143,29 @@ WITH due AS (
                 AND (callback_host <> ALL(:held_hosts::text[])
                      OR coalesce(round_started_at, outcome_at) + :round_length::float8 <= :now)))
      ORDER BY next_attempt_at
-     LIMIT :limit
+     LIMIT :scan
        FOR UPDATE SKIP LOCKED
+), turns AS (
+    SELECT seq, callback_host, tenant, next_attempt_at,
+           row_number() OVER (PARTITION BY callback_host ORDER BY next_attempt_at, seq)
+               AS host_turn,
+           row_number() OVER (PARTITION BY tenant ORDER BY next_attempt_at, seq) AS tenant_turn
+      FROM due
+), chosen AS (
+    SELECT c.seq FROM turns c
+     WHERE c.host_turn <= coalesce((SELECT r.left_ FROM unnest(:room_hosts::text[],
+                                                               :host_left::int[]) AS r(host, left_)
+                                     WHERE r.host = c.callback_host), :host_cap::int)
+       AND c.tenant_turn <= coalesce((SELECT r.left_ FROM unnest(:room_tenants::text[],
+                                                                 :tenant_left::int[]) AS r(tenant, left_)
+                                       WHERE r.tenant = c.tenant), :tenant_cap::int)
+     ORDER BY c.next_attempt_at
+     LIMIT :limit
 ), claimed AS (
     UPDATE jobs j
        SET lease_owner = :owner,
            lease_until = extract(epoch FROM statement_timestamp())::float8 + :lease::float8
-     WHERE j.seq = ANY (ARRAY(SELECT seq FROM due))
+     WHERE j.seq = ANY (ARRAY(SELECT seq FROM chosen))
     RETURNING j.seq, j.id, j.tenant, j.kind, j.token, j.callback_url, j.body, j.attempts,
               j.round_attempts, j.outcome_at, j.next_attempt_at,
               coalesce(j.round_started_at, j.outcome_at) AS round_started_at

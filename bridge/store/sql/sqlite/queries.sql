@@ -102,17 +102,36 @@ RETURNING id, kind, token, next_poll_at, status, "interval", not_found, failures
 -- Due callbacks, earliest first, around the ones this process may not start now (see
 -- bridge/fairness.py): a full tenant's, a full host's, and those waiting on an open
 -- circuit unless their round has lasted the schedule's length (they are then ended).
+-- Of the earliest :scan candidates, no host or tenant gets more than the room it has left
+-- (:host_cap or :tenant_cap when nothing of it is in flight): claiming more only to give
+-- it back cost two writes a callback when one receiver took everything.
 UPDATE jobs SET lease_owner = :owner, lease_until = :now + :lease
  WHERE seq IN (
-       SELECT seq FROM jobs
-        WHERE state = 'delivering' AND next_attempt_at <= :now
-          AND (lease_until IS NULL OR lease_until < :now)
-          AND tenant NOT IN (SELECT value FROM json_each(:skip_tenants))
-          AND (callback_host IS NULL
-               OR (callback_host NOT IN (SELECT value FROM json_each(:skip_hosts))
-                   AND (callback_host NOT IN (SELECT value FROM json_each(:held_hosts))
-                        OR coalesce(round_started_at, outcome_at) + :round_length <= :now)))
-        ORDER BY next_attempt_at
+       SELECT seq FROM (
+              SELECT seq, callback_host, tenant, next_attempt_at,
+                     row_number() OVER (PARTITION BY callback_host
+                                        ORDER BY next_attempt_at, seq) AS host_turn,
+                     row_number() OVER (PARTITION BY tenant
+                                        ORDER BY next_attempt_at, seq) AS tenant_turn
+                FROM (SELECT seq, callback_host, tenant, next_attempt_at FROM jobs
+                       WHERE state = 'delivering' AND next_attempt_at <= :now
+                         AND (lease_until IS NULL OR lease_until < :now)
+                         AND tenant NOT IN (SELECT value FROM json_each(:skip_tenants))
+                         AND (callback_host IS NULL
+                              OR (callback_host NOT IN (SELECT value FROM json_each(:skip_hosts))
+                                  AND (callback_host NOT IN
+                                           (SELECT value FROM json_each(:held_hosts))
+                                       OR coalesce(round_started_at, outcome_at)
+                                          + :round_length <= :now)))
+                       ORDER BY next_attempt_at
+                       LIMIT :scan)) c
+        WHERE c.host_turn <= coalesce((SELECT r.value FROM json_each(:room_hosts) h
+                                         JOIN json_each(:host_left) r ON r.key = h.key
+                                        WHERE h.value = c.callback_host), :host_cap)
+          AND c.tenant_turn <= coalesce((SELECT r.value FROM json_each(:room_tenants) t
+                                           JOIN json_each(:tenant_left) r ON r.key = t.key
+                                          WHERE t.value = c.tenant), :tenant_cap)
+        ORDER BY c.next_attempt_at
         LIMIT :limit)
 RETURNING seq, id, tenant, kind, token, callback_url, body, attempts, round_attempts,
           outcome_at, next_attempt_at, coalesce(round_started_at, outcome_at);
