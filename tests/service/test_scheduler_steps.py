@@ -184,7 +184,13 @@ async def rig(tmp_path: Path, **env: str) -> AsyncIterator[Rig]:
                 rec,
                 Metrics(),
                 PauseBoard(clock),
-                SecretBook(settings.webhook_secrets, store, clock),
+                SecretBook(
+                    settings.webhook_secrets,
+                    store,
+                    clock,
+                    schemes=settings.signature_schemes,
+                    overlap=settings.secret_rotation_overlap,
+                ),
             )
             async with r.scheduler() as sched:
                 r.sched = sched
