@@ -192,9 +192,7 @@ async def test_migrate_and_secret_commands(tmp_path: Path) -> None:
 
 async def test_secret_prints_what_a_v1a_receiver_configures(tmp_path: Path) -> None:
     shared = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-    env = serve_env(
-        tmp_path, BRIDGE_SIGNATURE_SCHEMES="alpha:v1a", BRIDGE_WEBHOOK_SECRETS=shared
-    )
+    env = serve_env(tmp_path, BRIDGE_SIGNATURE_SCHEMES="alpha:v1a", BRIDGE_WEBHOOK_SECRETS=shared)
     assert (await run_bridge(["migrate"], env))[0] == 0
     code, out, _ = await run_bridge(["secret"], env)
     assert code == 0

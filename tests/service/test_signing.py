@@ -157,10 +157,8 @@ def test_a_tampered_body_fails_v1a() -> None:
     private, public = generate_keypair()
     body = b'{"type":"video.conversion.finished"}'
     header = sign([SigningKey("v1a", private, public)], "msg_1", 1_800_000_000, body)
-    call = Call(
-        "/", {"webhook-id": "msg_1", "webhook-timestamp": "1800000000", "webhook-signature": header},
-        body, 0.0,
-    )  # fmt: skip
+    sent = {"webhook-id": "msg_1", "webhook-timestamp": "1800000000", "webhook-signature": header}
+    call = Call("/", sent, body, 0.0)
     assert v1a_verifies(public, call)
     assert not v1a_verifies(public, Call("/", call.headers, body + b" ", 0.0))
     assert not v1a_verifies(generate_keypair()[1], call)
