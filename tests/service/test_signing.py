@@ -351,3 +351,20 @@ async def test_a_replica_hears_a_rotation_at_once_and_rereads_without_the_notice
         finally:
             await one.close()
             await two.close()
+
+
+async def test_generated_secrets_and_private_keys_are_redacted_from_logs_as_made(
+    tmp_path: Path,
+) -> None:
+    from bridge.logs import redactor
+
+    clock = FakeClock(start=1_800_000_000.0)
+    async with await api(tmp_path, clock, BRIDGE_SIGNATURE_SCHEMES="alpha:v1a") as c:
+        resp = await c.post("/v1/signing-secrets/rotate", headers=auth())
+        assert resp.status == 201
+        book: SecretBook = c.app[keys.SECRETS]
+        made = [k.secret for t in ("alpha", "beta") for k in await book.for_tenant(t)]
+        assert len(made) == 3 and sum(m.startswith("whsk_") for m in made) == 2
+        for secret in made:
+            line = redactor.text(f"a line with {secret} and {secret.partition('_')[2]} in it")
+            assert secret.partition("_")[2] not in line and "***" in line
