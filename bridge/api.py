@@ -24,6 +24,7 @@ from bridge.netpolicy import PolicyViolation
 from bridge.openapi import document as openapi_document
 from bridge.store import Conflict, StoreError
 from bridge.store.base import BadCursor
+from bridge.webhooks import ConfiguredSecrets
 
 log = structlog.get_logger("bridge.api")
 
@@ -466,8 +467,47 @@ async def list_attempts(request: web.Request) -> web.Response:
 
 
 async def signing_secrets(request: web.Request) -> web.Response:
-    secrets = await request.app[keys.SECRETS].for_tenant(request[keys.TENANT])
-    return _json({"secrets": secrets})
+    found = await request.app[keys.SECRETS].for_tenant(request[keys.TENANT])
+    return _json(
+        {
+            "secrets": [k.secret for k in found if k.scheme == "v1"],
+            "keys": [k.to_api() for k in found],  # a v1a private key never: see to_api
+        }
+    )
+
+
+async def _empty_body(request: web.Request) -> None:
+    """No body, or ``{}``: anything else is refused as every body is (415, 413, 400, 422)."""
+    if not request.body_exists:
+        return
+    body = await _read_body(request)
+    if not body:  # an empty chunked body is no body
+        return
+    data = _decode(body)
+    if not isinstance(data, dict):
+        _invalid([{"field": "", "message": "the body must be empty or {}"}])
+    if data:
+        _invalid([{"field": UNKNOWN, "message": "unknown field"}])
+
+
+async def rotate_signing_secret(request: web.Request) -> web.Response:
+    await _empty_body(request)
+    tenant = request[keys.TENANT]
+    book = request.app[keys.SECRETS]
+    try:
+        key = await book.rotate(tenant)
+    except ConfiguredSecrets:
+        raise Problem(
+            409,
+            "this tenant's signing secrets come from BRIDGE_WEBHOOK_SECRETS: rotate them by "
+            "configuration (add the new one, restart, drop the old one)",
+        ) from None
+    log.info(
+        "signing_key_rotated",
+        scheme=key.scheme,
+        overlap_s=request.app[keys.SETTINGS].secret_rotation_overlap,
+    )
+    return _json(key.to_api(), status=201)
 
 
 # -- operational routes ----------------------------------------------------------------------
@@ -511,6 +551,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/jobs/{job_id}/redeliver", redeliver_job)
     app.router.add_get("/v1/jobs/{job_id}/attempts", list_attempts)
     app.router.add_get("/v1/signing-secrets", signing_secrets)
+    app.router.add_post("/v1/signing-secrets/rotate", rotate_signing_secret)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -159,7 +159,9 @@ async def _secrets_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.webhook_secrets,
         app[keys.STORE],
         app[keys.CLOCK],
-        on_generated=lambda secret: redactor.add([secret]),
+        on_generated=redact_key,
+        schemes=settings.signature_schemes,
+        overlap=settings.secret_rotation_overlap,
     )
     app[keys.SECRETS] = book
     # Every tenant gets its secret at first start, so receivers can be configured up front.
@@ -171,6 +173,12 @@ async def _secrets_ctx(app: web.Application) -> AsyncIterator[None]:
             "callbacks to the other; give each its own with tenant:whsec_... entries",
         )
     yield
+
+
+def redact_key(secret: str) -> None:
+    """A generated secret or private key, as made or first read: never in a log line, whole
+    or as its base64 part (``whsec_``/``whsk_`` aside)."""
+    redactor.add([secret, secret.partition("_")[2]])
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -150,11 +150,26 @@ async def _secrets(settings: Settings, tenants: Sequence[str]) -> dict[str, list
 
     from bridge.webhooks import SecretBook
 
+    db = settings.database
+    if db.scheme == "sqlite" and not os.path.exists(db.path):
+        # A misspelt path would otherwise print a fresh secret no server signs with.
+        raise StartupError(
+            f"no database at {db} (BRIDGE_DATABASE_URL); `bridge serve` or `bridge migrate` "
+            "creates it",
+            1,
+        )
     # Not exclusive: a running serve keeps its lock and this only reads or adds a row.
-    store = await open_store(settings.database, exclusive=False, migrate=True)
+    store = await open_store(db, exclusive=False, migrate=True)
     try:
-        book = SecretBook(settings.webhook_secrets, store, time.time)
-        return {t: await book.for_tenant(t) for t in tenants}
+        book = SecretBook(
+            settings.webhook_secrets,
+            store,
+            time.time,
+            schemes=settings.signature_schemes,
+            overlap=settings.secret_rotation_overlap,
+        )
+        # What a receiver configures: each v1 secret, or each v1a public key.
+        return {t: [k.shown for k in await book.for_tenant(t)] for t in tenants}
     finally:
         await store.close()
 
@@ -239,8 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     secret = sub.add_parser(
         "secret",
         help="print the webhook signing secret(s) in use",
-        description="Print the secrets that sign callbacks, for receivers to configure. "
-        "Generates and stores a tenant's secret if it has none yet.",
+        description="Print what signs callbacks, for receivers to configure: each v1 "
+        "secret, or each v1a public key (a private key is never printed), the current one "
+        "first. Generates and stores a tenant's secret if it has none yet; never creates "
+        "a database.",
     )
     secret.add_argument("--tenant", metavar="NAME", help="only this tenant's, one per line")
     secret.set_defaults(func=cmd_secret)

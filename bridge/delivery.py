@@ -15,7 +15,7 @@ from yarl import URL
 from bridge import __version__
 from bridge.netpolicy import BLOCKED_MESSAGE, NetworkPolicy, is_policy_block
 from bridge.upstream import parse_retry_after
-from bridge.webhooks import sign
+from bridge.webhooks import SigningKey, sign
 
 USER_AGENT: Final = f"uploadcare-bridge/{__version__}"
 # A receiver's answer is read (so the connection can be reused) but only this much of it.
@@ -70,8 +70,9 @@ class Deliverer:
         self._clock = clock
 
     async def attempt(
-        self, url: str, body: bytes, msg_id: str, secrets: Sequence[str]
+        self, url: str, body: bytes, msg_id: str, keys: Sequence[SigningKey | str]
     ) -> AttemptResult:
+        """One signed POST: ``keys`` each add a signature (a bare string is a v1 secret)."""
         target = URL(url)
         basic = None
         if target.user is not None:
@@ -86,7 +87,7 @@ class Deliverer:
             "User-Agent": USER_AGENT,
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secrets, msg_id, timestamp, body),
+            "webhook-signature": sign(keys, msg_id, timestamp, body),
         }
         if basic is not None:
             headers["Authorization"] = basic

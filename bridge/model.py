@@ -6,7 +6,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
@@ -334,3 +334,45 @@ class Recorded:
     token: int
     outcome: str
     delivery: DeliveryWork | None = None
+
+
+# Standard Webhooks' signature schemes: HMAC-SHA256 with a shared secret, Ed25519.
+SIGNATURE_SCHEMES: Final = ("v1", "v1a")
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One key that signs a tenant's callbacks.
+
+    ``v1``: ``secret`` is a ``whsec_`` secret and ``public_key`` is None. ``v1a``: ``secret``
+    is the ``whsk_`` private key and ``public_key`` its ``whpk_``. ``expires_at`` is when a
+    rotated-out key stops signing (None: the current one, or a configured secret).
+    ``generated``: the bridge made it (and rotates it); False for a configured secret.
+    """
+
+    scheme: str
+    secret: str = field(repr=False)
+    public_key: str | None = None
+    expires_at: float | None = None
+    generated: bool = True
+
+    def to_api(self) -> dict[str, Any]:
+        """What a receiver configures: never the private key of a ``v1a`` pair."""
+        if self.scheme == "v1a":
+            return {
+                "scheme": self.scheme,
+                "public_key": self.public_key,
+                "expires_at": rfc3339(self.expires_at),
+            }
+        return {
+            "scheme": self.scheme,
+            "secret": self.secret,
+            "expires_at": rfc3339(self.expires_at),
+        }
+
+    @property
+    def shown(self) -> str:
+        """The value a receiver verifies with: the secret (v1) or the public key (v1a)."""
+        if self.scheme == "v1a":
+            return self.public_key or ""
+        return self.secret

@@ -99,6 +99,12 @@ _AUTH = {
     "503": _problem("the database is not available; try again"),
 }
 
+_EXPIRES = {
+    "type": ["string", "null"],
+    "format": "date-time",
+    "description": "when a rotated-out key stops signing; null for a current one",
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
@@ -237,10 +243,44 @@ _SCHEMAS: dict[str, Any] = {
     },
     "SigningSecrets": {
         "type": "object",
-        "required": ["secrets"],
+        "required": ["secrets", "keys"],
         "properties": {
-            "secrets": {"type": "array", "items": {"type": "string", "pattern": "^whsec_"}}
+            "secrets": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^whsec_"},
+                "description": "the v1 secrets in force (none for a v1a tenant)",
+            },
+            "keys": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/SigningKey"},
+                "description": "every secret or public key in force, the current one first",
+            },
         },
+    },
+    "SigningKey": {
+        "description": "a v1 secret or a v1a public key (a private key is never shown)",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["scheme", "secret", "expires_at"],
+                "additionalProperties": False,
+                "properties": {
+                    "scheme": {"const": "v1"},
+                    "secret": {"type": "string", "pattern": "^whsec_"},
+                    "expires_at": _EXPIRES,
+                },
+            },
+            {
+                "type": "object",
+                "required": ["scheme", "public_key", "expires_at"],
+                "additionalProperties": False,
+                "properties": {
+                    "scheme": {"const": "v1a"},
+                    "public_key": {"type": "string", "pattern": "^whpk_"},
+                    "expires_at": _EXPIRES,
+                },
+            },
+        ],
     },
 }
 
@@ -340,6 +380,32 @@ _PATHS: dict[str, Any] = {
             "operationId": "getSigningSecrets",
             "summary": "The secrets that sign this tenant's callbacks",
             "responses": {"200": _ok("the secrets", "SigningSecrets"), **_AUTH},
+        }
+    },
+    "/v1/signing-secrets/rotate": {
+        "post": {
+            "operationId": "rotateSigningSecret",
+            "summary": "Make a new generated secret (or v1a key pair) that signs from now on",
+            "description": "The one it replaces keeps signing beside it until "
+            "BRIDGE_SECRET_ROTATION_OVERLAP has passed; every replica signs with the new one "
+            "within 5 s. No body, or {}.",
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+            },
+            "responses": {
+                "201": _ok("the new key (v1: the secret; v1a: the public key)", "SigningKey"),
+                "400": _problem("the body is not I-JSON (RFC 7493)"),
+                **_AUTH,
+                "408": _problem("the body did not arrive in time"),
+                "409": _problem(
+                    "BRIDGE_WEBHOOK_SECRETS entries sign this tenant's callbacks: they are "
+                    "rotated by configuration"
+                ),
+                "413": _problem("the body is over 64 KiB"),
+                "415": _problem("a body that is not application/json"),
+                "422": _problem('a body other than {}: reported as field "(unknown)"'),
+            },
         }
     },
 }

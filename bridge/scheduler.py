@@ -262,9 +262,10 @@ class Scheduler:
         return True
 
     async def listen_for_notices(self) -> None:
-        """Hear other replicas' pauses and cancels as they commit (PostgreSQL)."""
+        """Hear other replicas' pauses, cancels and key rotations as they commit (PostgreSQL)."""
         await self.store.listen_pauses(self._pause_notice)
         await self.store.listen_cancels(self.note_canceled)
+        await self.store.listen_signing(self.secrets.forget)
 
     def stop_claiming(self) -> None:
         """The first step of a shutdown: take no new work; what is in flight goes on.
@@ -755,14 +756,14 @@ class Scheduler:
     async def _attempt(self, d: DeliveryWork, ticket: Ticket, step: _Step) -> AttemptResult | None:
         """One attempt and its record; the result, or None when none was sent."""
         kw = {"job_id": d.job_id, "kind": d.kind, "token": d.token}
-        secrets = await self.secrets.for_tenant(d.tenant)
+        signing = await self.secrets.for_tenant(d.tenant)
         # The last check before the wire: a cancel on any replica stops the attempt here.
         if not await self.may_send(d.job_id):
             log.info("delivery_skipped_canceled", **kw)
             return None
         self.metrics.scheduler_lag.observe(max(0.0, self.clock() - d.due_at))
         res = await self.deliverer.attempt(
-            d.callback_url, d.body, model.webhook_id(d.job_id), secrets
+            d.callback_url, d.body, model.webhook_id(d.job_id), signing
         )
         step.done.attempted += 1
         self.metrics.callback_attempts.labels(res.result).inc()

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from bridge import dburl
 from bridge.callback_hosts import CallbackHosts, parse_callback_hosts
+from bridge.model import SIGNATURE_SCHEMES
 from bridge.netpolicy import IPNetwork, parse_networks
 
 SECRET_VARS = (
@@ -124,6 +125,23 @@ def parse_webhook_secrets(text: str) -> tuple[WebhookSecret, ...]:
                 raise ValueError("a tenant name is letters, digits, '_', '.' or '-'")
         out.append(WebhookSecret(tenant, validate_whsec(entry)))
     return tuple(out)
+
+
+def parse_signature_schemes(text: str) -> tuple[tuple[str, str], ...]:
+    """``tenant:v1a`` entries (``tenant:v1`` is the default, and allowed)."""
+    out: dict[str, str] = {}
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        tenant, sep, scheme = (p.strip() for p in entry.partition(":"))
+        if not sep or not _TENANT_RE.match(tenant):
+            raise ValueError(f"expected comma-separated tenant:v1a entries, not {entry!r}")
+        if scheme not in SIGNATURE_SCHEMES:
+            raise ValueError(f"unknown signature scheme {scheme!r} (known: v1, v1a)")
+        if out.setdefault(tenant, scheme) != scheme:
+            raise ValueError(f"tenant {tenant!r} is given two schemes")
+    return tuple(out.items())
 
 
 def parse_api_keys(text: str) -> tuple[tuple[str, str], ...]:
@@ -272,6 +290,20 @@ _VARS: tuple[_Var, ...] = (
     _Var("BRIDGE_POLL_MAX_INTERVAL", "poll_max_interval", "60s", parse_duration),
     _Var("BRIDGE_JOB_DEADLINE", "job_deadline", "24h", parse_duration),
     _Var("BRIDGE_WEBHOOK_SECRETS", "webhook_secrets", "", parse_webhook_secrets, secret=True),
+    _Var(
+        "BRIDGE_SIGNATURE_SCHEMES",
+        "signature_schemes",
+        "",
+        parse_signature_schemes,
+        help="tenant:v1a entries: tenants whose callbacks are signed with Ed25519 only",
+    ),
+    _Var(
+        "BRIDGE_SECRET_ROTATION_OVERLAP",
+        "secret_rotation_overlap",
+        "24h",
+        parse_duration,
+        help="how long a rotated-out generated secret or key keeps signing",
+    ),
     _Var("BRIDGE_CALLBACK_TIMEOUT", "callback_timeout", "15s", parse_duration),
     _Var(
         "BRIDGE_CALLBACK_RETRY_SCHEDULE",
@@ -344,6 +376,8 @@ class Settings:
     poll_max_interval: float = 60.0
     job_deadline: float = 86400.0
     webhook_secrets: tuple[WebhookSecret, ...] = field(default=(), repr=False)
+    signature_schemes: tuple[tuple[str, str], ...] = ()  # (tenant, scheme) not v1's default
+    secret_rotation_overlap: float = 86400.0
     callback_timeout: float = 15.0
     callback_retry_schedule: tuple[float, ...] = (
         5.0,
@@ -374,6 +408,10 @@ class Settings:
         if not self.api_keys:
             return ("default",)
         return tuple(dict.fromkeys(name for name, _ in self.api_keys))
+
+    def scheme_for(self, tenant: str) -> str:
+        """How ``tenant``'s callbacks are signed: ``v1`` (HMAC) unless configured ``v1a``."""
+        return dict(self.signature_schemes).get(tenant, "v1")
 
     def secret_values(self) -> list[str]:
         """Every secret string this configuration holds, for redaction in logs."""
@@ -492,6 +530,19 @@ def _check_consistency(s: Settings) -> None:
                 "BRIDGE_WEBHOOK_SECRETS",
                 f"names tenant {w.tenant!r}, which has no key in BRIDGE_API_KEYS",
             )
+        if w.tenant is not None and s.scheme_for(w.tenant) == "v1a":
+            raise SettingsError(
+                "BRIDGE_WEBHOOK_SECRETS",
+                f"names tenant {w.tenant!r}, whose callbacks BRIDGE_SIGNATURE_SCHEMES signs "
+                "with v1a (its own Ed25519 key pair) only; remove that entry",
+            )
+    if s.api_keys or s.insecure_no_auth:
+        for name, _ in s.signature_schemes:
+            if name not in tenants:
+                raise SettingsError(
+                    "BRIDGE_SIGNATURE_SCHEMES",
+                    f"names tenant {name!r}, which has no key in BRIDGE_API_KEYS",
+                )
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,16 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from bridge import model
-from bridge.model import Attempt, DeliveryWork, Job, NewJob, PollRecord, Recorded, WatchWork
+from bridge.model import (
+    Attempt,
+    DeliveryWork,
+    Job,
+    NewJob,
+    PollRecord,
+    Recorded,
+    SigningKey,
+    WatchWork,
+)
 from bridge.store import verbs
 from bridge.store.base import open_cursor, seal_cursor
 from bridge.store.queries import Program
@@ -125,10 +134,45 @@ class Store:
     async def attempts(self, tenant: str, job_id: str) -> list[Attempt] | None:
         return await self.driver.run(lambda: verbs.attempts(tenant, job_id))
 
-    async def signing_secret(self, tenant: str, *, generate: Callable[[], str], now: float) -> str:
-        """The tenant's generated secret, made with ``generate`` and stored on first use."""
+    async def signing_keys(
+        self,
+        tenant: str,
+        scheme: str,
+        *,
+        generate: Callable[[], tuple[str, str | None]],
+        now: float,
+    ) -> list[SigningKey]:
+        """The tenant's generated keys of ``scheme`` that sign at ``now``, the current one
+        first; with none current, one made with ``generate`` (secret, public key) is stored."""
+        found = await self.driver.run(lambda: verbs.signing_keys(tenant, scheme, now), tx=False)
+        if found and found[0].expires_at is None:
+            return found
         candidate = generate()
-        return await self.driver.run(lambda: verbs.signing_secret(tenant, candidate, now))
+        return await self.driver.run(
+            lambda: verbs.offer_signing_key(tenant, scheme, candidate, now)
+        )
+
+    async def rotate_signing_key(
+        self,
+        tenant: str,
+        scheme: str,
+        *,
+        generate: Callable[[], tuple[str, str | None]],
+        now: float,
+        overlap: float,
+    ) -> list[SigningKey]:
+        """Make a new current key with ``generate``; the one it replaces signs ``overlap``
+        seconds more, any older one stops. Announced to every replica (``listen_signing``).
+        Returns the keys in force afterwards, the new one first."""
+        candidate = generate()
+        return await self.driver.run(
+            lambda: verbs.rotate_signing_key(tenant, scheme, candidate, now, overlap)
+        )
+
+    async def listen_signing(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(tenant)`` whenever any process rotates a tenant's keys (no-op for
+        one process: its own rotations reach its book directly)."""
+        await self.driver.listen(verbs.SIGNING_CHANNEL, callback)
 
     async def count_by_state(self) -> dict[str, int]:
         return await self.driver.run(verbs.count_by_state, tx=False)

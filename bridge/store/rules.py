@@ -26,6 +26,7 @@ from bridge.model import (
     NewJob,
     PollRecord,
     Recorded,
+    SigningKey,
     callback_body,
     canonical_json,
     stored_json,
@@ -59,6 +60,14 @@ def job_from_row(r: Row) -> Job:
         seen = (r["up_status"], r["up_error"], r["up_result"], r["polls"], r["last_polled_at"])
         seen += (None,)
     return Job(*_HEAD(r), *seen, *_TAIL(r))
+
+
+def signing_key_from_row(r: Row) -> SigningKey:
+    """A generated signing key from a ``signing_keys`` row."""
+    expires = r["expires_at"]
+    return SigningKey(
+        r["scheme"], r["secret"], r["public_key"], None if expires is None else float(expires)
+    )
 
 
 def page(rows: Sequence[Row], limit: int) -> tuple[list[Job], int | None]:

@@ -27,6 +27,7 @@ from bridge.model import (
     NewJob,
     PollRecord,
     Recorded,
+    SigningKey,
     WatchWork,
 )
 from bridge.store import queries as q
@@ -63,6 +64,9 @@ PAUSE_CHANNEL = "bridge_pauses"
 # NOTIFY channel on which a canceled job's id is announced: a replica holding a claim on
 # its callback drops the attempt before it starts.
 CANCEL_CHANNEL = "bridge_cancels"
+# NOTIFY channel on which a tenant whose signing keys were rotated is announced: every
+# replica reads its keys again before the next callback it signs.
+SIGNING_CHANNEL = "bridge_signing_keys"
 
 
 def ping() -> Program[None]:
@@ -186,14 +190,43 @@ def attempts(tenant: str, job_id: str) -> Program[list[Attempt] | None]:
     return [Attempt(*r) for r in (yield q.rows("attempts", job_id=job_id))]
 
 
-def signing_secret(tenant: str, candidate: str, now: float) -> Program[str]:
-    # The first replica to insert wins; every other one reads the winner's secret.
-    yield q.exec("offer_secret", tenant=tenant, secret=candidate, now=now)
-    return str((yield q.val("secret", tenant=tenant)))
+def signing_keys(tenant: str, scheme: str, now: float) -> Program[list[SigningKey]]:
+    """The tenant's keys of ``scheme`` that sign at ``now``, the current one first."""
+    found = yield q.rows("signing_keys", tenant=tenant, scheme=scheme, now=now)
+    return [rules.signing_key_from_row(r) for r in found]
+
+
+def offer_signing_key(
+    tenant: str, scheme: str, candidate: tuple[str, str | None], now: float
+) -> Program[list[SigningKey]]:
+    """The keys in force, ``candidate`` (secret, public key) becoming the current one if
+    there is none: the first replica to insert wins, every other one reads the winner's."""
+    yield q.exec("signing_lock", tenant=tenant)
+    secret, public_key = candidate
+    params = {"tenant": tenant, "scheme": scheme, "secret": secret, "public_key": public_key}
+    yield q.exec("offer_signing_key", params, now=now)
+    return (yield from signing_keys(tenant, scheme, now))
+
+
+def rotate_signing_key(
+    tenant: str, scheme: str, candidate: tuple[str, str | None], now: float, overlap: float
+) -> Program[list[SigningKey]]:
+    """``candidate`` becomes current; the one it replaces signs ``overlap`` seconds more; any
+    older one stops. Under the tenant's lock, so rotations at once run one after the other:
+    two keys in force afterwards, never three, never none."""
+    yield q.exec("signing_lock", tenant=tenant)
+    yield q.exec("drop_retired_keys", tenant=tenant, scheme=scheme)
+    yield q.exec("retire_current_key", tenant=tenant, scheme=scheme, expires_at=now + overlap)
+    secret, public_key = candidate
+    params = {"tenant": tenant, "scheme": scheme, "secret": secret, "public_key": public_key}
+    yield q.exec("insert_signing_key", params, now=now)
+    # Delivered at commit: every replica listening drops its cached keys for the tenant.
+    yield q.notify(SIGNING_CHANNEL, tenant)
+    return (yield from signing_keys(tenant, scheme, now))
 
 
 def server_key(name: str, candidate: str, now: float) -> Program[str]:
-    # As signing_secret: the first server to insert wins, every other one reads its key.
+    # As offer_signing_key: the first server to insert wins, every other one reads its key.
     yield q.exec("offer_server_key", name=name, secret=candidate, now=now)
     return str((yield q.val("server_key", name=name)))
 

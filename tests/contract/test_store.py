@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +20,7 @@ from bridge.model import (
     NewJob,
     PollRecord,
     Recorded,
+    SigningKey,
     callback_body,
 )
 from bridge.settings import Database
@@ -233,13 +234,58 @@ async def test_a_2048_character_non_ascii_url_registers(store: Store, char: str)
     assert j is not None and j.callback_url == url
 
 
+def keys_made(*secrets: str) -> Callable[[], tuple[str, str | None]]:
+    made = iter(secrets)
+    return lambda: (next(made), None)
+
+
 async def test_signing_secret_is_made_once(store: Store, tmp_path: Path) -> None:
-    made = iter(["whsec_first", "whsec_second", "whsec_third"])
-    first = await store.signing_secret("alpha", generate=lambda: next(made), now=T0)
-    second = await store.signing_secret("alpha", generate=lambda: next(made), now=T0)
-    assert first == second == "whsec_first"
-    other = await store.signing_secret("beta", generate=lambda: next(made), now=T0)
-    assert other == "whsec_third"
+    made = keys_made("whsec_first", "whsec_second", "whsec_third")
+    first = await store.signing_keys("alpha", "v1", generate=made, now=T0)
+    second = await store.signing_keys("alpha", "v1", generate=made, now=T0)
+    assert first == second == [SigningKey("v1", "whsec_first")]
+    other = await store.signing_keys("beta", "v1", generate=made, now=T0)
+    assert other == [SigningKey("v1", "whsec_second")]
+    # Each scheme has its own: a pair for v1a, beside alpha's v1 secret.
+    pair = await store.signing_keys("alpha", "v1a", generate=lambda: ("whsk_a", "whpk_a"), now=T0)
+    assert pair == [SigningKey("v1a", "whsk_a", "whpk_a")]
+
+
+async def test_a_rotation_keeps_the_replaced_key_for_the_overlap_only(store: Store) -> None:
+    made = keys_made("whsec_one", "whsec_two", "whsec_three")
+    await store.signing_keys("alpha", "v1", generate=made, now=T0)
+    after = await store.rotate_signing_key("alpha", "v1", generate=made, now=T0 + 10, overlap=60)
+    assert after == [SigningKey("v1", "whsec_two"), SigningKey("v1", "whsec_one", None, T0 + 70)]
+    never = keys_made()  # a current key exists: nothing is generated
+    assert await store.signing_keys("alpha", "v1", generate=never, now=T0 + 69) == after
+    assert await store.signing_keys("alpha", "v1", generate=never, now=T0 + 70) == after[:1]
+    # Rotating again within the overlap: only the key it replaces stays, never three.
+    again = await store.rotate_signing_key("alpha", "v1", generate=made, now=T0 + 20, overlap=60)
+    assert again == [
+        SigningKey("v1", "whsec_three"),
+        SigningKey("v1", "whsec_two", None, T0 + 80),
+    ]
+    # Other tenants and schemes are untouched.
+    beta = await store.signing_keys("beta", "v1", generate=keys_made("whsec_b"), now=T0 + 20)
+    assert beta == [SigningKey("v1", "whsec_b")]
+
+
+async def test_rotations_at_once_leave_two_keys_in_force(store: Store) -> None:
+    await store.signing_keys("alpha", "v1a", generate=lambda: ("whsk_0", "whpk_0"), now=T0)
+    pairs = iter([("whsk_1", "whpk_1"), ("whsk_2", "whpk_2")])
+    results = await asyncio.gather(
+        *(
+            store.rotate_signing_key(
+                "alpha", "v1a", generate=lambda: next(pairs), now=T0 + 1, overlap=60
+            )
+            for _ in range(2)
+        )
+    )
+    final = await store.signing_keys("alpha", "v1a", generate=keys_made(), now=T0 + 2)
+    assert len(final) == 2 and final[0].expires_at is None and final[1].expires_at == T0 + 61
+    # The later rotation's key is current; the earlier one's signs beside it.
+    assert final in results
+    assert {k.secret for k in final} == {"whsk_1", "whsk_2"}
 
 
 # -- the scheduler's verbs -------------------------------------------------------------------
@@ -932,6 +978,27 @@ async def test_data_survives_reopen(tmp_path: Path) -> None:
         j = await s.get_job("alpha", a)
         assert j is not None and j.token == 42 and j.metadata == '{"k":"v"}'
         assert await s.migrate() == sqlite_migrations()[-1][0]
+    finally:
+        await s.close()
+
+
+async def test_secrets_generated_before_rotation_stay_current(tmp_path: Path) -> None:
+    """Migration 006: each tenant's generated secret becomes its current v1 key."""
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.create_function("bridge_sha256", 1, lambda text: b"", deterministic=True)
+        for version, script in sqlite_migrations():
+            if version <= 4:
+                db.executescript(script)
+        db.execute("INSERT INTO signing_secrets VALUES ('alpha', 'whsec_old', 1.0)")
+        db.execute("PRAGMA user_version = 4")
+        db.commit()
+    s = await SQLiteStore.open(str(path))
+    try:
+        never = keys_made()
+        assert await s.signing_keys("alpha", "v1", generate=never, now=T0) == [
+            SigningKey("v1", "whsec_old")
+        ]
     finally:
         await s.close()
 

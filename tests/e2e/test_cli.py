@@ -157,6 +157,10 @@ async def test_insecure_no_auth_serves_tenant_default(tmp_path: Path) -> None:
 
 async def test_migrate_and_secret_commands(tmp_path: Path) -> None:
     env = serve_env(tmp_path)
+    # `bridge secret` never creates a database: it says where it looked.
+    code, out, err = await run_bridge(["secret"], env)
+    assert code == 1 and out == "" and not (tmp_path / "bridge.db").exists()
+    assert f"no database at sqlite:{tmp_path / 'bridge.db'}" in err
     code, out, _ = await run_bridge(["migrate"], env)
     latest = migrations("sqlite")[-1][0]
     assert code == 0 and f"schema at version {latest}" in out
@@ -185,6 +189,22 @@ async def test_migrate_and_secret_commands(tmp_path: Path) -> None:
         assert code == 0 and out.strip() == alpha_secret
     finally:
         assert await bridge.stop() == 0
+
+
+async def test_secret_prints_what_a_v1a_receiver_configures(tmp_path: Path) -> None:
+    shared = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    env = serve_env(tmp_path, BRIDGE_SIGNATURE_SCHEMES="alpha:v1a", BRIDGE_WEBHOOK_SECRETS=shared)
+    assert (await run_bridge(["migrate"], env))[0] == 0
+    code, out, _ = await run_bridge(["secret"], env)
+    assert code == 0
+    alpha, beta = out.strip().splitlines()
+    assert alpha.startswith("alpha: whpk_") and beta == f"beta: {shared}"
+    assert "whsk_" not in out
+    # A configured secret naming a v1a tenant: a bad value, showing no secret.
+    bad = {**env, "BRIDGE_WEBHOOK_SECRETS": f"alpha:{shared}"}
+    code, out, err = await run_bridge(["secret"], bad)
+    assert code == 2 and err.startswith("bridge: BRIDGE_WEBHOOK_SECRETS: names tenant 'alpha'")
+    assert shared.removeprefix("whsec_") not in err
 
 
 async def test_shared_webhook_secret_is_warned_about(tmp_path: Path) -> None:

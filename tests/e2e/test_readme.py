@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -220,3 +221,101 @@ async def test_the_local_run_works_as_written(tmp_path: Path) -> None:
     assert "'order': 'A-1001'" in receiver_out
     assert "fake_upstream_listening" in fake_out
     assert "serving" in serve_out and "Traceback" not in serve_out
+
+
+# -- the receiver's snippets, run against callbacks the bridge signed ------------------------
+
+VERIFYING = "## Verifying a callback"
+V1A = "### Ed25519 signatures (`v1a`)"
+ROTATING = "### Rotating the signing secret"
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+
+
+def _snippet(heading: str, placeholder: str, value: str) -> str:
+    (block, *_) = python_blocks(section(README.read_text(encoding="utf-8"), heading))
+    assert block.count(placeholder) == 1, block
+    return block.replace(placeholder, value)
+
+
+async def bridge_callback(keys: list[Any]) -> tuple[bytes, dict[str, str]]:
+    """A callback as the bridge sends it: a real body, POSTed and signed by the Deliverer to
+    a receiver on loopback; the body and headers that receiver got."""
+    from bridge.delivery import Deliverer, callback_session
+    from bridge.model import callback_body, webhook_id
+    from bridge.netpolicy import NetworkPolicy, parse_networks
+    from tests.harness import receiver
+
+    body = callback_body(
+        job_id="job_01jdx2v9q4k8m3n6p7r5s2t0wa",
+        kind="video",
+        token=426339926,
+        outcome="finished",
+        error=None,
+        result_json='{"uuid": "a5b1c7e2-0000-4000-8000-000000000001"}',
+        metadata_json='{"order": "A-1001"}',
+        seen_at=time.time(),
+    )
+    async with receiver() as rec:
+        policy = NetworkPolicy(allow=parse_networks("127.0.0.0/8"))
+        async with callback_session(policy, concurrency=1) as session:
+            msg_id = webhook_id("job_01jdx2v9q4k8m3n6p7r5s2t0wa")
+            result = await Deliverer(session, timeout=5).attempt(
+                rec.url + "/hook", body, msg_id, keys
+            )
+        assert result.delivered, result
+    (call,) = rec.calls
+    return call.body, {k.lower(): v for k, v in call.headers.items()}
+
+
+async def test_the_v1_snippet_verifies_callbacks_during_a_rotation() -> None:
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    from bridge.webhooks import SigningKey, generate_secret
+
+    new, old = generate_secret(), generate_secret()
+    body, headers = await bridge_callback([SigningKey("v1", new), SigningKey("v1", old, None, 1)])
+    handled: list[Any] = []
+    for secret in (new, old):  # a receiver holding either one accepts it
+        scope: dict[str, Any] = {
+            "already_processed": lambda msg_id: False,
+            "process": handled.append,
+            "remember": lambda msg_id: None,
+        }
+        exec(_snippet(VERIFYING, '"whsec_..."', repr(secret)), scope)
+        assert scope["handle"](body, headers) == 204
+    assert [d["token"] for d in handled] == [426339926, 426339926]
+    with pytest.raises(WebhookVerificationError):
+        scope["handle"](body.replace(b"A-1001", b"A-1002"), headers)
+    exec(_snippet(VERIFYING, '"whsec_..."', repr(generate_secret())), scope)
+    with pytest.raises(WebhookVerificationError):
+        scope["handle"](body, headers)
+
+
+async def test_the_v1a_snippet_verifies_callbacks_during_a_rotation() -> None:
+    from bridge.webhooks import SigningKey, generate_keypair
+
+    (new, new_public), (old, old_public) = generate_keypair(), generate_keypair()
+    keys = [SigningKey("v1a", new, new_public), SigningKey("v1a", old, old_public, 1)]
+    body, headers = await bridge_callback(keys)
+    assert headers["webhook-signature"].count("v1a,") == 2
+    for public in (new_public, old_public):
+        scope: dict[str, Any] = {}
+        exec(_snippet(V1A, '"whpk_..."', repr(public)), scope)
+        event = scope["verify_v1a"](body, headers)
+        assert event["data"]["metadata"] == {"order": "A-1001"}
+        with pytest.raises(ValueError, match="no valid v1a signature"):
+            scope["verify_v1a"](body + b" ", headers)
+    exec(_snippet(V1A, '"whpk_..."', repr(generate_keypair()[1])), scope)
+    with pytest.raises(ValueError, match="no valid v1a signature"):
+        scope["verify_v1a"](body, headers)
+
+
+def test_the_rotation_call_is_the_apis() -> None:
+    from bridge.openapi import document
+
+    block = shell_blocks(section(README.read_text(encoding="utf-8"), ROTATING))[0]
+    assert "-X POST http://127.0.0.1:8080/v1/signing-secrets/rotate" in block
+    assert "201" in document()["paths"]["/v1/signing-secrets/rotate"]["post"]["responses"]

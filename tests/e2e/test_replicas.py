@@ -276,3 +276,35 @@ async def test_every_replica_answers_the_same(tmp_path: Path) -> None:
             await stop_all(replicas)
         assert views[0] == views[1] == views[2]
         assert len(views[0][0]["items"]) + len(views[0][1]["items"]) == 40
+
+
+async def test_every_replica_signs_with_a_rotated_secret_at_once(tmp_path: Path) -> None:
+    """A rotation through one replica: callbacks that any replica sends from then on carry
+    the new secret's signature (the notice reaches the others as it commits), and the old
+    one's beside it for the overlap."""
+    from standardwebhooks.webhooks import Webhook
+
+    async with fresh_database() as db, fake_upstream() as up, receiver() as rec:
+        replicas = await start_replicas(2, replica_env(tmp_path, db, up.url))
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{replicas[1].url}/v1/signing-secrets", headers=H) as r:
+                    (old,) = (await r.json())["secrets"]
+                url = f"{replicas[0].url}/v1/signing-secrets/rotate"
+                async with http.post(url, headers=H) as resp:
+                    assert resp.status == 201
+                    new = (await resp.json())["secret"]
+            jobs = [("video", up.fake.add_job("video", duration=0.2), rec.url + f"/r/{i}")
+                    for i in range(30)]  # fmt: skip
+            await register_many(replicas, jobs)
+            await rec.wait_for(lambda: len(delivered_paths(rec)) == 30, timeout=60)
+        finally:
+            await stop_all(replicas)
+        for call in rec.calls:
+            headers = {k.lower(): v for k, v in call.headers.items()}
+            assert len(headers["webhook-signature"].split()) == 2, headers
+            Webhook(new).verify(call.body, headers)
+            Webhook(old).verify(call.body, headers)
+        # Both replicas sent some of them.
+        senders = [sum(1 for e in r.events() if e["event"] == "job_delivered") for r in replicas]
+        assert all(senders) and sum(senders) == 30, senders

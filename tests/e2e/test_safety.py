@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -393,6 +394,7 @@ class Secrets:
     def __init__(self, db_password: str | None) -> None:
         self.alpha = "alpha-KEY-" + secrets.token_hex(12)
         self.beta = "beta-KEY-" + secrets.token_hex(12)
+        self.gamma = "gamma-KEY-" + secrets.token_hex(12)  # signs with v1a
         self.uploadcare = "uc-SECRET-" + secrets.token_hex(12)
         self.wh_shared = _whsec()
         self.wh_alpha = _whsec()
@@ -404,7 +406,8 @@ class Secrets:
 
     def env(self) -> dict[str, str]:
         return {
-            "BRIDGE_API_KEYS": f"alpha:{self.alpha},beta:{self.beta}",
+            "BRIDGE_API_KEYS": f"alpha:{self.alpha},beta:{self.beta},gamma:{self.gamma}",
+            "BRIDGE_SIGNATURE_SCHEMES": "gamma:v1a",
             "UPLOADCARE_SECRET_KEY": self.uploadcare,
             "BRIDGE_WEBHOOK_SECRETS": (
                 f"{self.wh_shared},alpha:{self.wh_alpha},beta:{self.wh_beta}"
@@ -420,6 +423,7 @@ class Secrets:
         raw = {
             "api key alpha": self.alpha,
             "api key beta": self.beta,
+            "api key gamma": self.gamma,
             "uploadcare secret": self.uploadcare,
             "webhook secret (shared)": self.wh_shared,
             "webhook secret alpha": self.wh_alpha,
@@ -555,6 +559,14 @@ async def _redaction_run(tmp_path: Path, s: Secrets, database_url: str) -> None:
             code = await proc.stop()
         assert code == 0, proc.stderr
 
+    # The private keys the bridge generated (gamma's v1a pairs, before and after a rotation)
+    # are secrets too, as they are stored and as their base64 part.
+    private = await _private_keys(database_url)
+    assert len(private) == 2
+    for i, key in enumerate(private):
+        forms[f"v1a private key {i}"] = key
+        forms[f"v1a private key {i}, key part"] = key.removeprefix("whsk_")
+
     # The callback really carried the credentials (so their absence elsewhere means something).
     basic = "Basic " + forms["callback Basic credentials"]
     assert any(c.headers.get("Authorization") == basic for c in rec.calls)
@@ -579,6 +591,50 @@ async def _redaction_run(tmp_path: Path, s: Secrets, database_url: str) -> None:
     assert "job_delivered" in names
     registered = [e for e in events if e["event"] == "job_registered"]
     assert registered and all("***@127.0.0.1" in e["callback_url"] for e in registered)
+
+
+async def _private_keys(database_url: str) -> list[str]:
+    """Every v1a private key in the bridge's database (read after it stopped)."""
+    query = "SELECT secret FROM signing_keys WHERE scheme = 'v1a' ORDER BY id"
+    if database_url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db:
+            return [str(r[0]) for r in db.execute(query)]
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [str(r[0]) for r in await conn.fetch(query)]
+    finally:
+        await conn.close()
+
+
+async def _wait_delivered(api: Recorder, key: str, job_id: str) -> None:
+    for _ in range(600):
+        _, current = await api.call("GET", f"/v1/jobs/{job_id}", key)
+        if current["state"] == "delivered":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(current)
+
+
+async def _drive_v1a(api: Recorder, s: Secrets, fake: Any, rec: Receiver) -> None:
+    """gamma signs with Ed25519: a callback, a rotation, a callback under both key pairs."""
+    port = rec.url.rsplit(":", 1)[1]
+    body = {"token": fake.fake.add_job("video", duration=0.2)}
+    body["callback_url"] = f"http://{s.userinfo()}@127.0.0.1:{port}/gamma"
+    status, job = await api.call("POST", "/v1/jobs", s.gamma, json=body)
+    assert status == 201, job
+    await _wait_delivered(api, s.gamma, job["id"])
+    status, made = await api.call("POST", "/v1/signing-secrets/rotate", s.gamma)
+    assert status == 201 and made["public_key"].startswith("whpk_")
+    assert (await api.call("POST", f"/v1/jobs/{job['id']}/redeliver", s.gamma))[0] == 202
+    await _wait_delivered(api, s.gamma, job["id"])
+    status, shown = await api.call("GET", "/v1/signing-secrets", s.gamma)
+    assert status == 200 and shown["secrets"] == [] and len(shown["keys"]) == 2
+    gamma = [c for c in rec.calls if c.path == "/gamma"]
+    assert gamma[-1].headers["webhook-signature"].count("v1a,") == 2
+    # alpha's secrets are configured: rotated by configuration, never through the API.
+    assert (await api.call("POST", "/v1/signing-secrets/rotate", s.alpha))[0] == 409
 
 
 async def _drive(api: Recorder, s: Secrets, fake: Any, rec: Receiver) -> None:
@@ -664,6 +720,7 @@ async def _drive(api: Recorder, s: Secrets, fake: Any, rec: Receiver) -> None:
         await api.call("GET", path, None)
     status, shown = await api.call("GET", "/v1/signing-secrets", s.alpha, by_design=True)
     assert status == 200 and shown["secrets"] == [s.wh_alpha]
+    await _drive_v1a(api, s, fake, rec)
 
 
 async def test_startup_errors_name_no_secret(tmp_path: Path) -> None:

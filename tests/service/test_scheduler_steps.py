@@ -41,7 +41,7 @@ from bridge.scheduler import Scheduler, StatusSource, StepReport
 from bridge.settings import Settings
 from bridge.store import Store, open_store
 from bridge.upstream import Observation
-from bridge.webhooks import SecretBook
+from bridge.webhooks import SecretBook, SigningKey
 from tests.conftest import UC_PUBLIC, UC_SECRET, FakeClock, base_env
 from tests.harness import Call, Receiver, receiver
 
@@ -134,7 +134,8 @@ class Rig:
 
     async def verified(self, call: Call) -> dict[str, Any]:
         """The callback's payload, its Standard Webhooks signature checked."""
-        (secret,) = await self.secrets.for_tenant("alpha")
+        (key,) = await self.secrets.for_tenant("alpha")
+        secret = key.secret
         headers = {k.lower(): v for k, v in call.headers.items()}
         payload: dict[str, Any] = Webhook(secret).verify(call.body, headers)
         return payload
@@ -183,7 +184,13 @@ async def rig(tmp_path: Path, **env: str) -> AsyncIterator[Rig]:
                 rec,
                 Metrics(),
                 PauseBoard(clock),
-                SecretBook(settings.webhook_secrets, store, clock),
+                SecretBook(
+                    settings.webhook_secrets,
+                    store,
+                    clock,
+                    schemes=settings.signature_schemes,
+                    overlap=settings.secret_rotation_overlap,
+                ),
             )
             async with r.scheduler() as sched:
                 r.sched = sched
@@ -543,7 +550,7 @@ class CanceledElsewhere:
         self.r, self.job_id, self.wait = r, job_id, wait
         self.inner = r.sched.secrets
 
-    async def for_tenant(self, tenant: str) -> list[str]:
+    async def for_tenant(self, tenant: str) -> list[SigningKey]:
         if self.wait is not None:
             assert await self.r.store.cancel("alpha", self.job_id, now=self.r.clock())
             self.r.clock.advance(self.wait)

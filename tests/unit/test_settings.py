@@ -324,3 +324,63 @@ def test_callback_caps_are_positive_whole_numbers(var: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
         load({var: value})
     assert str(info.value).startswith(f"{var}: ")
+
+
+# -- signature schemes and rotation ----------------------------------------------------------
+
+OWN_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+
+
+def test_signature_schemes_and_rotation_overlap() -> None:
+    s = load({})
+    assert s.signature_schemes == () and s.scheme_for("default") == "v1"
+    assert s.secret_rotation_overlap == 24 * 3600
+    s = load(
+        {
+            "BRIDGE_API_KEYS": "a:1234,b:5678",
+            "BRIDGE_SIGNATURE_SCHEMES": "a:v1a, b:v1",
+            "BRIDGE_SECRET_ROTATION_OVERLAP": "90m",
+            "BRIDGE_WEBHOOK_SECRETS": f"b:{OWN_SECRET}",
+        }
+    )
+    assert (s.scheme_for("a"), s.scheme_for("b"), s.scheme_for("c")) == ("v1a", "v1", "v1")
+    assert s.secret_rotation_overlap == 5400
+    # Non-secret settings have flags.
+    s = load({"BRIDGE_API_KEYS": "a:1234"}, {"signature_schemes": "a:v1a"})
+    assert s.scheme_for("a") == "v1a"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BRIDGE_SIGNATURE_SCHEMES": "a:v2"}, "unknown signature scheme 'v2'"),
+        ({"BRIDGE_SIGNATURE_SCHEMES": "a"}, "expected comma-separated tenant:v1a"),
+        ({"BRIDGE_SIGNATURE_SCHEMES": "a:v1a,a:v1"}, "tenant 'a' is given two schemes"),
+        ({"BRIDGE_SIGNATURE_SCHEMES": "c:v1a"}, "names tenant 'c', which has no key"),
+        ({"BRIDGE_SECRET_ROTATION_OVERLAP": "0"}, "must be greater than zero"),
+        ({"BRIDGE_SECRET_ROTATION_OVERLAP": "1d"}, "is not a duration"),
+        (
+            {"BRIDGE_SIGNATURE_SCHEMES": "a:v1a", "BRIDGE_WEBHOOK_SECRETS": f"a:{OWN_SECRET}"},
+            "names tenant 'a', whose callbacks BRIDGE_SIGNATURE_SCHEMES signs with v1a",
+        ),
+    ],
+)
+def test_bad_signature_settings_name_their_variable_and_no_secret(
+    env: dict[str, str], message: str
+) -> None:
+    var = next(iter(env)) if "WEBHOOK" not in "".join(env) else "BRIDGE_WEBHOOK_SECRETS"
+    with pytest.raises(SettingsError) as info:
+        load({"BRIDGE_API_KEYS": "a:1234,b:5678", **env})
+    assert str(info.value).startswith(f"{var}: ") and message in str(info.value)
+    assert OWN_SECRET.removeprefix("whsec_") not in str(info.value)
+
+
+def test_a_shared_webhook_secret_may_stand_beside_v1a_tenants() -> None:
+    s = load(
+        {
+            "BRIDGE_API_KEYS": "a:1234,b:5678",
+            "BRIDGE_SIGNATURE_SCHEMES": "a:v1a",
+            "BRIDGE_WEBHOOK_SECRETS": OWN_SECRET,
+        }
+    )
+    assert s.scheme_for("a") == "v1a" and len(s.webhook_secrets) == 1

@@ -99,12 +99,33 @@ UPDATE jobs
        ended_at = NULL, updated_at = :now, round_started_at = :now
  WHERE id = :job_id;
 
--- name: offer_secret
-INSERT INTO signing_secrets (tenant, secret, created_at) VALUES (:tenant, :secret, :now)
-ON CONFLICT (tenant) DO NOTHING;
+-- name: signing_keys
+-- The keys of a tenant's scheme that sign now: the current one (expires_at NULL, the
+-- newest) first, then the one it replaced while its overlap lasts.
+SELECT scheme, secret, public_key, expires_at FROM signing_keys
+ WHERE tenant = :tenant AND scheme = :scheme AND (expires_at IS NULL OR expires_at > :now)
+ ORDER BY id DESC;
 
--- name: secret
-SELECT secret FROM signing_secrets WHERE tenant = :tenant;
+-- name: offer_signing_key
+-- A tenant's first key; nothing when it has a current one (signing_keys_current).
+INSERT INTO signing_keys (tenant, scheme, secret, public_key, created_at)
+VALUES (:tenant, :scheme, :secret, :public_key, :now)
+ON CONFLICT (tenant, scheme) WHERE expires_at IS NULL DO NOTHING;
+
+-- name: drop_retired_keys
+-- A rotation forgets every key an earlier rotation retired: in force or not, only the
+-- key it replaces keeps signing beside the new one.
+DELETE FROM signing_keys WHERE tenant = :tenant AND scheme = :scheme AND expires_at IS NOT NULL;
+
+-- name: retire_current_key
+UPDATE signing_keys SET expires_at = :expires_at
+ WHERE tenant = :tenant AND scheme = :scheme AND expires_at IS NULL;
+
+-- name: insert_signing_key
+-- No ON CONFLICT: under signing_lock the current key was just retired, so a conflict
+-- would be a bug to raise, not a race to absorb.
+INSERT INTO signing_keys (tenant, scheme, secret, public_key, created_at)
+VALUES (:tenant, :scheme, :secret, :public_key, :now);
 
 -- name: offer_server_key
 INSERT INTO server_keys (name, secret, created_at) VALUES (:name, :secret, :now)

@@ -221,6 +221,12 @@ SELECT least(
 -- Delivered at commit, to every replica listening.
 SELECT pg_notify(:channel, :payload);
 
+-- name: signing_lock
+-- Serializes every writer of one tenant's signing keys (a first key, a rotation): each
+-- statement after it, READ COMMITTED, sees what the previous holder committed, so two
+-- rotations at once end with the second's key current and the first's beside it.
+SELECT pg_advisory_xact_lock(hashtextextended('uploadcare-bridge:signing:' || :tenant, 0));
+
 -- name: schema_lock
 -- IF NOT EXISTS alone still races in the catalog when replicas start together.
 SELECT pg_advisory_xact_lock(hashtextextended('uploadcare-bridge:schema:' || :schema, 0));

@@ -173,6 +173,10 @@ SELECT min(t) FROM (
        UNION ALL
        SELECT min(deadline_at) FROM jobs WHERE state = 'tracking') AS due;
 
+-- name: signing_lock
+-- One writer at a time already: nothing to take (the PostgreSQL twin takes a lock).
+SELECT :tenant;
+
 -- -- the driver's own ----------------------------------------------------------------------
 
 -- name: forget_watch_leases
