@@ -99,7 +99,13 @@ async def test_every_operation_answers_a_documented_problem_when_the_database_is
             for method, op in item.items():
                 if method == "parameters":
                     continue
-                body = {"token": 2, "callback_url": URL} if method == "post" else None
+                body: dict[str, Any] | None = None
+                if method == "post":
+                    body = (
+                        {"state": "undeliverable"}
+                        if path == "/v1/redeliveries"
+                        else {"token": 2, "callback_url": URL}
+                    )
                 resp = await c.request(
                     method, path.replace("{job_id}", job_id), json=body, headers=H
                 )
