@@ -190,9 +190,9 @@ class Attempt:
     duration_ms: int
     response_status: int | None
     error: str | None
-    # The first MAX_EXCERPT bytes of the answer's body (UTF-8, a cut character as U+FFFD)
-    # and its Content-Type: None when the body was empty or there was no answer.
-    response_excerpt: str | None = None
+    # The first MAX_EXCERPT bytes of the answer's body, as they came, and its Content-Type
+    # (bounded, control characters removed): None for an empty body or no answer.
+    response_excerpt: bytes | None = None
     response_content_type: str | None = None
 
     def to_api(self) -> dict[str, Any]:
@@ -202,7 +202,10 @@ class Attempt:
             "duration_ms": self.duration_ms,
             "response_status": self.response_status,
             "error": self.error,
-            "response_excerpt": self.response_excerpt,
+            # Decoded only to be shown: a character cut at the end becomes U+FFFD.
+            "response_excerpt": (
+                self.response_excerpt.decode("utf-8", "replace") if self.response_excerpt else None
+            ),
             "response_content_type": self.response_content_type,
         }
 

@@ -813,7 +813,7 @@ async def test_attempts_keep_the_answer_excerpt_and_content_type(store: Store) -
     await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
     failed = dataclasses.replace(
         attempt(1, T0 + 2, 500, "HTTP 500"),
-        response_excerpt="<h1>oops \ufffd</h1>",
+        response_excerpt=b"<h1>oops \xc3\xa9</h1>\x00\xc3",
         response_content_type="text/html; charset=utf-8",
     )
     await store.record_attempt(job_id, "a", failed, next_state="delivering", next_attempt_at=T0 + 9)
