@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test test-fast lint bench clean
+.PHONY: install demo run test test-fast lint bench openapi clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ lint: install
 # Figures, not a test: one JSON object on stdout (python -m bench --help for BENCH_ARGS).
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The committed OpenAPI document (the API and the event catalog), from the code that serves
+# it; tests/service/test_catalog.py fails when the two differ.
+openapi: install
+	$(BIN)/bridge openapi > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

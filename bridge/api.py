@@ -9,6 +9,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -19,7 +20,20 @@ from yarl import URL
 
 from bridge import ijson, keys
 from bridge.callback_hosts import HOSTS_MESSAGE
-from bridge.model import KINDS, MAX_TOKEN, STATES, NewJob, compact_json, fast_json, redact_url
+from bridge.model import (
+    DEFAULT_PROJECT,
+    DEFAULT_REDELIVERIES,
+    DELIVERED,
+    KINDS,
+    MAX_REDELIVERIES,
+    MAX_TOKEN,
+    STATES,
+    UNDELIVERABLE,
+    NewJob,
+    compact_json,
+    fast_json,
+    redact_url,
+)
 from bridge.netpolicy import PolicyViolation
 from bridge.openapi import document as openapi_document
 from bridge.store import Conflict, StoreError
@@ -459,6 +473,94 @@ async def redeliver_job(request: web.Request) -> web.Response:
     return _json(job.to_api(), status=202)
 
 
+# -- bulk redelivery -------------------------------------------------------------------------
+
+_REDELIVERY_FIELDS = frozenset({"state", "kind", "project", "since", "until", "limit"})
+_REDELIVERY_STATES = (UNDELIVERABLE, DELIVERED)
+# RFC 3339 (section 5.6): a full date, "T" (or a space), a time, and an offset; no more.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.(\d+))?(?:[Zz]|[+-]\d{2}:\d{2})\Z",
+    re.ASCII,
+)
+
+
+def _time(value: Any, field: str) -> tuple[float | None, str | None]:
+    message = f"{field} must be an RFC 3339 time with an offset, like 2026-11-29T04:30:00Z"
+    if not isinstance(value, str) or len(value) > 64 or not (match := _RFC3339.match(value)):
+        return None, message
+    text = value.upper().replace("Z", "+00:00")
+    if match[1] is not None and len(match[1]) > 6:  # finer than microseconds: cut, not refused
+        text = text.replace("." + match[1], "." + match[1][:6], 1)
+    # A leap second (23:59:60) is the second after :59, which Python cannot spell.
+    leap = text[17:19] == "60"
+    if leap:
+        text = text[:17] + "59" + text[19:]
+    try:
+        return datetime.fromisoformat(text).timestamp() + leap, None
+    except (ValueError, OverflowError):  # a 30th of February, a 25th hour
+        return None, message
+
+
+def _projects(request: web.Request, tenant: str) -> tuple[str, ...]:
+    """The projects whose jobs this tenant may redeliver. Projects do not exist yet: every
+    job is in DEFAULT_PROJECT. (Issue 14 makes this the tenant's projects, and passes the
+    chosen one to the store as a filter.)"""
+    return (DEFAULT_PROJECT,)
+
+
+def _redelivery_limit(value: Any) -> tuple[int | None, str | None]:
+    # A JSON number without a fraction: 1.0 arrives as a float, and is refused.
+    if type(value) is int and 1 <= value <= MAX_REDELIVERIES:
+        return value, None
+    return None, f"limit must be an integer from 1 to {MAX_REDELIVERIES}"
+
+
+def _validate_redeliveries(request: web.Request, tenant: str, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        _invalid([{"field": "", "message": "the body must be a JSON object"}])
+    errors: list[dict[str, str]] = []
+    if not data.keys() <= _REDELIVERY_FIELDS:
+        errors.append({"field": UNKNOWN, "message": "unknown field"})
+    out: dict[str, Any] = {"limit": DEFAULT_REDELIVERIES}
+    if "state" not in data:
+        errors.append({"field": "state", "message": "state is required"})
+    for field, allowed in (("state", _REDELIVERY_STATES), ("kind", KINDS)):
+        if field not in data:
+            continue
+        if data[field] in allowed:
+            out[field] = data[field]
+        else:
+            must = f"{field} must be " + " or ".join(repr(v) for v in allowed)
+            errors.append({"field": field, "message": must})
+    if "project" in data and data["project"] not in _projects(request, tenant):
+        errors.append({"field": "project", "message": "project is not allowed"})
+    parsers = (("since", _time), ("until", _time), ("limit", lambda v, _: _redelivery_limit(v)))
+    for field, parse in parsers:
+        if field in data:
+            value, message = parse(data[field], field)
+            if message:
+                errors.append({"field": field, "message": message})
+            else:
+                out[field] = value
+    if errors:
+        _invalid(errors)
+    return out
+
+
+async def redeliver_jobs(request: web.Request) -> web.Response:
+    """POST /v1/redeliveries: a new round for every matching job, in one transaction."""
+    tenant = request[keys.TENANT]
+    data = _decode(await _read_body(request))
+    filters = _validate_redeliveries(request, tenant, data)
+    count, remaining = await request.app[keys.STORE].redeliver_many(
+        tenant, now=request.app[keys.CLOCK](), **filters
+    )
+    log.info("jobs_redelivery_requested", count=count, remaining=remaining)
+    if count and (scheduler := request.app.get(keys.SCHEDULER)) is not None:
+        scheduler.wake()
+    return _json({"count": count, "remaining": remaining}, status=202)
+
+
 async def list_attempts(request: web.Request) -> web.Response:
     attempts = await request.app[keys.STORE].attempts(request[keys.TENANT], _job_id(request))
     if attempts is None:
@@ -550,6 +652,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/jobs/{job_id}", cancel_job)
     app.router.add_post("/v1/jobs/{job_id}/redeliver", redeliver_job)
     app.router.add_get("/v1/jobs/{job_id}/attempts", list_attempts)
+    app.router.add_post("/v1/redeliveries", redeliver_jobs)
     app.router.add_get("/v1/signing-secrets", signing_secrets)
     app.router.add_post("/v1/signing-secrets/rotate", rotate_signing_secret)
     app.router.add_get("/healthz", healthz)

@@ -1,4 +1,4 @@
-"""The ``bridge`` command: serve, fake-upstream, demo, migrate, secret."""
+"""The ``bridge`` command: serve, fake-upstream, demo, migrate, secret, openapi."""
 
 from __future__ import annotations
 
@@ -200,6 +200,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run_from_args(args)
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from bridge import openapi
+
+    sys.stdout.write(openapi.text())
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 
@@ -261,6 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     secret.add_argument("--tenant", metavar="NAME", help="only this tenant's, one per line")
     secret.set_defaults(func=cmd_secret)
+
+    openapi = sub.add_parser(
+        "openapi",
+        help="print the OpenAPI document (the API and the event catalog)",
+        description="Print the OpenAPI 3.1 document that GET /openapi.json serves: the /v1 "
+        "API and, under webhooks, the schema of every callback. docs/openapi.json is this "
+        "output (make openapi writes it).",
+    )
+    openapi.set_defaults(func=cmd_openapi)
     return parser
 
 

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
 from yarl import URL
 
 from bridge import __version__
+from bridge.model import MAX_CONTENT_TYPE, MAX_EXCERPT
 from bridge.netpolicy import BLOCKED_MESSAGE, NetworkPolicy, is_policy_block
 from bridge.upstream import parse_retry_after
 from bridge.webhooks import SigningKey, sign
 
 USER_AGENT: Final = f"uploadcare-bridge/{__version__}"
-# A receiver's answer is read (so the connection can be reused) but only this much of it.
+# A receiver's answer is read (so the connection can be reused) but only this much of it;
+# the attempt keeps its first MAX_EXCERPT bytes (GET /v1/jobs/{id}/attempts shows them).
 MAX_RESPONSE_BYTES: Final = 4096
 
 
@@ -30,6 +33,8 @@ class AttemptResult:
     retry_after: float | None  # from a 429 or 503
     started_at: float
     duration: float
+    excerpt: bytes | None = None  # the answer body's first MAX_EXCERPT bytes; None: empty
+    content_type: str | None = None  # the answer's Content-Type, made safe to show
 
     @property
     def delivered(self) -> bool:
@@ -92,6 +97,7 @@ class Deliverer:
         if basic is not None:
             headers["Authorization"] = basic
         t0 = time.perf_counter()
+        answer = _Answer()
 
         def done(
             result: str,
@@ -100,7 +106,14 @@ class Deliverer:
             retry_after: float | None = None,
         ) -> AttemptResult:
             return AttemptResult(
-                result, status, error, retry_after, started, time.perf_counter() - t0
+                result,
+                status,
+                error,
+                retry_after,
+                started,
+                time.perf_counter() - t0,
+                bytes(answer.head[:MAX_EXCERPT]) or None,
+                answer.content_type,
             )
 
         try:
@@ -116,7 +129,8 @@ class Deliverer:
                     timeout=self._timeout,
                 ) as resp,
             ):
-                await _read_capped(resp.content, MAX_RESPONSE_BYTES)
+                answer.content_type = safe_content_type(resp.headers.get("Content-Type"))
+                await _read_capped(resp.content, MAX_RESPONSE_BYTES, answer.head)
                 if 200 <= resp.status < 300:
                     return done("success", resp.status)
                 retry_after = None
@@ -131,18 +145,47 @@ class Deliverer:
             return done("connection_error", error=_describe(exc))
 
 
-async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> None:
+@dataclass(slots=True)
+class _Answer:
+    """What an attempt has seen of the receiver's answer so far (kept across a timeout)."""
+
+    head: bytearray = field(default_factory=bytearray)
+    content_type: str | None = None
+
+
+async def _read_capped(stream: aiohttp.StreamReader, limit: int, head: bytearray) -> None:
     """Read the answer's body until it ends or ``limit`` bytes came; the rest is never read.
+    The first MAX_EXCERPT bytes go into ``head`` as they arrive.
 
     Within the attempt's timeout: a body that trickles without end is a timeout, not a
-    delivery. An unfinished body leaves the connection to be closed, not reused.
+    delivery (its excerpt is what came before it). A body that streams without end stops
+    being read at ``limit``: the attempt ends with its status at once. An unfinished body
+    leaves the connection to be closed, not reused.
     """
     got = 0
     while got < limit:
         chunk = await stream.read(limit - got)
         if not chunk:
             return
+        if len(head) < MAX_EXCERPT:
+            head += chunk[: MAX_EXCERPT - len(head)]
         got += len(chunk)
+
+
+# Control characters (C0, DEL, C1), surrogates and format characters (bidi controls,
+# zero-width ones): removed from a Content-Type before it is kept and shown.
+_UNSAFE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+)
+
+
+def safe_content_type(value: str | None) -> str | None:
+    """A receiver's Content-Type as kept: at most MAX_CONTENT_TYPE characters, no control,
+    format or surrogate characters, trimmed; None when none (or nothing is left)."""
+    if value is None:
+        return None
+    cleaned = _UNSAFE.sub("", value).strip()[:MAX_CONTENT_TYPE].strip()
+    return cleaned or None
 
 
 def _describe(exc: BaseException) -> str:

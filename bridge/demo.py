@@ -170,6 +170,7 @@ class Receiver:
     url: str = ""
     webhook: Webhook | None = None
     calls: list[Call] = field(default_factory=list)
+    observe: Callable[[bytes], object] | None = None  # sees every body first (tests check it)
 
     def verified_by_job(self) -> dict[str, Call]:
         """The first verified call of every job."""
@@ -181,6 +182,8 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.observe is not None:
+            self.observe(body)
         headers = dict(request.headers)
         webhook_id = headers.get("webhook-id", "?")
         arrived, mono = time.time(), time.monotonic()
@@ -374,12 +377,18 @@ class _Progress:
 
 
 async def run_demo(
-    options: Options, out: TextIO, workdir: Path, *, verify_with: str | None = None
+    options: Options,
+    out: TextIO,
+    workdir: Path,
+    *,
+    verify_with: str | None = None,
+    observe: Callable[[bytes], object] | None = None,
 ) -> int:
     """Runs the demo; 0 when every callback arrived verified, else 1 (raises DemoError).
 
     ``verify_with`` makes the receiver verify with that secret instead of the bridge's
-    (tests use a wrong one to see the demo fail).
+    (tests use a wrong one to see the demo fail); ``observe`` is given every callback body
+    the receiver gets (tests hold them to the event catalog).
     """
     display = Display(out)
     api_key = secrets.token_urlsafe(24)
@@ -391,7 +400,7 @@ async def run_demo(
         canceled_rate=0.0,
         seed=options.seed,
     )
-    receiver = Receiver(display, options.jobs)
+    receiver = Receiver(display, options.jobs, observe=observe)
     try:
         async with contextlib.AsyncExitStack() as stack:
             fake = await stack.enter_async_context(running(fake_config, HOST, 0))

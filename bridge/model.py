@@ -34,6 +34,19 @@ OUTCOMES: Final = ("finished", "failed", "canceled", "expired", "not_found")
 
 MAX_TOKEN: Final = 2**53 - 1
 
+# The Uploadcare project every job belongs to until several can be configured (issue 14):
+# the callback body and the bulk redelivery filter name it.
+DEFAULT_PROJECT: Final = "default"
+
+# What an attempt keeps of the receiver's answer: the first KiB of its body, and its
+# Content-Type cut to this many characters.
+MAX_EXCERPT: Final = 1024
+MAX_CONTENT_TYPE: Final = 255
+
+# POST /v1/redeliveries: at most this many jobs per request, and this many by default.
+MAX_REDELIVERIES: Final = 10_000
+DEFAULT_REDELIVERIES: Final = 1_000
+
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -177,6 +190,10 @@ class Attempt:
     duration_ms: int
     response_status: int | None
     error: str | None
+    # The first MAX_EXCERPT bytes of the answer's body, as they came, and its Content-Type
+    # (bounded, control characters removed): None for an empty body or no answer.
+    response_excerpt: bytes | None = None
+    response_content_type: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -185,6 +202,11 @@ class Attempt:
             "duration_ms": self.duration_ms,
             "response_status": self.response_status,
             "error": self.error,
+            # Decoded only to be shown: a character cut at the end becomes U+FFFD.
+            "response_excerpt": (
+                self.response_excerpt.decode("utf-8", "replace") if self.response_excerpt else None
+            ),
+            "response_content_type": self.response_content_type,
         }
 
 
@@ -246,6 +268,7 @@ def callback_body(
         "timestamp": rfc3339(seen_at),
         "data": {
             "job_id": job_id,
+            "project": DEFAULT_PROJECT,
             "kind": kind,
             "token": token,
             "status": outcome,

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from typing import Any
 
 from bridge import __version__
-from bridge.model import KINDS, MAX_TOKEN, OUTCOMES, STATES
+from bridge.model import (
+    DEFAULT_PROJECT,
+    DEFAULT_REDELIVERIES,
+    DELIVERED,
+    EXPIRED_ERROR,
+    KINDS,
+    MAX_CONTENT_TYPE,
+    MAX_EXCERPT,
+    MAX_REDELIVERIES,
+    MAX_TOKEN,
+    NOT_FOUND_ERROR,
+    OUTCOMES,
+    STATES,
+    UNDELIVERABLE,
+)
 
 _TIME = {"type": "string", "format": "date-time"}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
@@ -229,16 +244,82 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "required": ["n", "at", "duration_ms", "response_status", "error"],
+                    "required": [
+                        "n",
+                        "at",
+                        "duration_ms",
+                        "response_status",
+                        "error",
+                        "response_excerpt",
+                        "response_content_type",
+                    ],
                     "properties": {
                         "n": {"type": "integer", "minimum": 1},
                         "at": _TIME,
                         "duration_ms": {"type": "integer", "minimum": 0},
                         "response_status": {"type": ["integer", "null"]},
                         "error": {"type": ["string", "null"]},
+                        "response_excerpt": {
+                            "type": ["string", "null"],
+                            "description": f"the first {MAX_EXCERPT} bytes of the receiver's "
+                            "answer body decoded as UTF-8 with replacement (a character cut "
+                            "at the end becomes U+FFFD); null for an empty body or no answer",
+                        },
+                        "response_content_type": {
+                            "type": ["string", "null"],
+                            "maxLength": MAX_CONTENT_TYPE,
+                            "description": "the answer's Content-Type header, control "
+                            "characters removed; null when there was none",
+                        },
                     },
                 },
             }
+        },
+    },
+    "Redeliveries": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["state"],
+        "properties": {
+            "state": {"enum": [UNDELIVERABLE, DELIVERED]},
+            "kind": {"enum": list(KINDS)},
+            "project": {
+                "enum": [DEFAULT_PROJECT],
+                "description": "the Uploadcare project; every job is in project "
+                f"{DEFAULT_PROJECT!r} today, and any other is refused (422)",
+            },
+            "since": {
+                **_TIME,
+                "description": "RFC 3339; inclusive bound on when the job's last round ended",
+            },
+            "until": {
+                **_TIME,
+                "description": "RFC 3339; exclusive bound on when the job's last round ended",
+            },
+            "limit": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_REDELIVERIES,
+                "default": DEFAULT_REDELIVERIES,
+                "description": "at most this many jobs, the earliest-ended first",
+            },
+        },
+    },
+    "RedeliveriesStarted": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["count", "remaining"],
+        "properties": {
+            "count": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "jobs that started a new round",
+            },
+            "remaining": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "jobs that match as well but are past the limit",
+            },
         },
     },
     "SigningSecrets": {
@@ -375,6 +456,34 @@ _PATHS: dict[str, Any] = {
             },
         },
     },
+    "/v1/redeliveries": {
+        "post": {
+            "operationId": "redeliverJobs",
+            "summary": "Bulk redelivery after a receiver outage: a new round for every "
+            "matching job, as POST /v1/jobs/{job_id}/redeliver starts one",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Redeliveries"}}
+                },
+            },
+            "responses": {
+                "202": _ok("the new rounds have started", "RedeliveriesStarted"),
+                "400": _problem(
+                    "the body is not I-JSON (RFC 7493): not UTF-8, not JSON, a member named "
+                    "twice, a number that is not finite, a lone surrogate, or nesting deeper "
+                    "than 32 levels"
+                ),
+                **_AUTH,
+                "408": _problem("the body did not arrive in time"),
+                "413": _problem("the body is over 64 KiB"),
+                "415": _problem("the body is not application/json"),
+                "422": _problem(
+                    'validation failed; an unknown field is reported once, as field "(unknown)"'
+                ),
+            },
+        }
+    },
     "/v1/signing-secrets": {
         "get": {
             "operationId": "getSigningSecrets",
@@ -411,6 +520,178 @@ _PATHS: dict[str, Any] = {
 }
 
 
+# -- the event catalog: what the bridge POSTs to callback URLs -------------------------------
+
+# Per outcome: what data.error holds, and a sentence for the event's description.
+_EVENT_ERRORS: dict[str, tuple[dict[str, Any], str]] = {
+    "finished": (
+        {"type": ["string", "null"], "description": "Uploadcare's error as given (normally null)"},
+        "The conversion finished: data.result holds Uploadcare's result.",
+    ),
+    "failed": (
+        {"type": ["string", "null"], "description": "Uploadcare's error as given"},
+        "Uploadcare reported the conversion failed: data.error says why, as Uploadcare put it.",
+    ),
+    "canceled": (
+        {"type": ["string", "null"], "description": "Uploadcare's error as given"},
+        "The conversion was canceled at Uploadcare.",
+    ),
+    "expired": (
+        {"type": "string", "description": "a sentence saying why", "examples": [EXPIRED_ERROR]},
+        "The conversion was still not finished at the job's deadline (BRIDGE_JOB_DEADLINE).",
+    ),
+    "not_found": (
+        {"type": "string", "description": "a sentence saying why", "examples": [NOT_FOUND_ERROR]},
+        "Uploadcare does not know the token (it answered 404 three times in a row).",
+    ),
+}
+
+
+def event_type(kind: str, outcome: str) -> str:
+    return f"{kind}.conversion.{outcome}"
+
+
+def _schema_name(kind: str, outcome: str) -> str:
+    """``video``, ``not_found`` -> ``VideoConversionNotFound``."""
+    words = [kind, "conversion", *outcome.split("_")]
+    return "".join(w.capitalize() for w in words)
+
+
+def _event_schema(kind: str, outcome: str) -> dict[str, Any]:
+    error, _ = _EVENT_ERRORS[outcome]
+    return {
+        "title": event_type(kind, outcome),
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "timestamp", "data"],
+        "properties": {
+            "type": {"const": event_type(kind, outcome)},
+            "timestamp": {**_TIME, "description": "when the bridge saw the outcome"},
+            "data": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [
+                    "job_id",
+                    "project",
+                    "kind",
+                    "token",
+                    "status",
+                    "error",
+                    "result",
+                    "metadata",
+                ],
+                "properties": {
+                    "job_id": _JOB_ID,
+                    "project": {
+                        "type": "string",
+                        "pattern": "^[a-z0-9-]{1,32}$",
+                        "description": "the Uploadcare project the token comes from",
+                        "examples": [DEFAULT_PROJECT],
+                    },
+                    "kind": {"const": kind},
+                    "token": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN},
+                    "status": {"const": outcome},
+                    "error": error,
+                    "result": {
+                        "type": ["object", "null"],
+                        "description": "Uploadcare's result as it last came (null when "
+                        "there was none)",
+                    },
+                    "metadata": {
+                        "type": ["object", "null"],
+                        "description": "the job's metadata as registered (null when none)",
+                    },
+                },
+            },
+        },
+    }
+
+
+def _header(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+_B64 = "[A-Za-z0-9+/]+={0,2}"
+# The Standard Webhooks headers of every callback (https://www.standardwebhooks.com/).
+_WEBHOOK_HEADERS = [
+    _header(
+        "webhook-id",
+        "the message id: the same on every attempt and redelivery of this job's callback; "
+        "dedupe on it",
+        {"pattern": "^msg_[0-9a-z]{26}$"},
+    ),
+    _header(
+        "webhook-timestamp",
+        "unix seconds when this attempt was signed; refuse one too far from your clock",
+        {"pattern": "^[0-9]{1,12}$"},
+    ),
+    _header(
+        "webhook-signature",
+        'space-separated signatures of "{webhook-id}.{webhook-timestamp}.{body}": '
+        "v1,<base64 HMAC-SHA256> for each whsec_ secret in force (v1a,<base64 Ed25519> "
+        "for a tenant signed with key pairs); accept the callback when one verifies",
+        {"pattern": f"^v1a?,{_B64}( v1a?,{_B64})*$"},
+    ),
+    _header(
+        "user-agent",
+        "the bridge and its version",
+        {"pattern": "^uploadcare-bridge/[^ ]+$"},
+    ),
+]
+
+_RECEIVER_ANSWERS = {
+    "2XX": {"description": "taken: the job is delivered"},
+    "410": {"description": "gone: the job is undeliverable at once, no further attempt"},
+    "429": {
+        "description": "retried; a Retry-After (seconds or HTTP date) raises the wait to at "
+        "least its value",
+    },
+    "503": {
+        "description": "retried; a Retry-After (seconds or HTTP date) raises the wait to at "
+        "least its value",
+    },
+    "default": {
+        "description": "any other status (3xx included: redirects are never followed), a "
+        "timeout or a connection error: retried on BRIDGE_CALLBACK_RETRY_SCHEDULE, then "
+        "undeliverable",
+    },
+}
+
+
+def _webhook(kind: str, outcome: str) -> dict[str, Any]:
+    _, sentence = _EVENT_ERRORS[outcome]
+    name = _schema_name(kind, outcome)
+    return {
+        "post": {
+            "operationId": name[0].lower() + name[1:],
+            "summary": f"A {kind} conversion ended: {outcome}",
+            "description": sentence + " POSTed to the job's callback_url, signed (Standard "
+            "Webhooks); the body is the same bytes on every attempt. User-info in the "
+            "callback_url is sent as HTTP Basic credentials.",
+            "security": [],
+            "parameters": _WEBHOOK_HEADERS,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}
+                },
+            },
+            "responses": _RECEIVER_ANSWERS,
+        }
+    }
+
+
+EVENT_TYPES: tuple[str, ...] = tuple(event_type(k, o) for k in KINDS for o in OUTCOMES)
+_EVENT_SCHEMAS = {_schema_name(k, o): _event_schema(k, o) for k in KINDS for o in OUTCOMES}
+_WEBHOOKS = {event_type(k, o): _webhook(k, o) for k in KINDS for o in OUTCOMES}
+
+
 @cache
 def _document() -> dict[str, Any]:
     return {
@@ -424,8 +705,9 @@ def _document() -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": _PATHS,
+        "webhooks": _WEBHOOKS,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **_EVENT_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
@@ -434,3 +716,18 @@ def _document() -> dict[str, Any]:
 def document() -> dict[str, Any]:
     """The document (shared: do not mutate)."""
     return _document()
+
+
+def event_schema_ref(event: str) -> str | None:
+    """The ``#/components/...`` reference of an event type's body schema; None if unknown."""
+    operation = document()["webhooks"].get(event)
+    if operation is None:
+        return None
+    ref: str = operation["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    return ref
+
+
+def text() -> str:
+    """The document as committed in docs/openapi.json: two-space indents, keys in the
+    order the code gives them, UTF-8, a trailing newline."""
+    return json.dumps(document(), indent=2, ensure_ascii=False) + "\n"

@@ -779,6 +779,8 @@ class Scheduler:
             duration_ms=round(res.duration * 1000),
             response_status=res.status,
             error=res.error,
+            response_excerpt=res.excerpt,
+            response_content_type=res.content_type,
         )
         changed = await self.store.record_attempt(
             d.job_id, self.owner, attempt, next_state=state, next_attempt_at=next_at

@@ -69,6 +69,19 @@ def _fresh_redactor() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _callbacks_match_the_catalog() -> Iterator[None]:
+    """Every callback body a test's receiver saw validates against its event type's schema
+    (tests/catalog.py): a test that saw one that does not fails, saying which and why."""
+    from tests import catalog
+
+    catalog.INVALID.clear()
+    yield
+    invalid = list(catalog.INVALID)
+    catalog.INVALID.clear()
+    assert not invalid, f"callback bodies outside the event catalog: {invalid}"
+
+
+@pytest.fixture(autouse=True)
 def dialled(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
     """Every (address, port) aiohttp dials in this test's process; off loopback is refused.
 

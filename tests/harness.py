@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge import settings as settings_mod
 from bridge.app import create_app
 from bridge.fake_upstream import FakeConfig, RunningFake, running
+from tests import catalog
 from tests.conftest import ALPHA, UC_PUBLIC, UC_SECRET, base_env
 
 # Fast pacing so a conversion of a fraction of a second is seen within a few polls.
@@ -65,6 +66,8 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if "webhook-id" in request.headers:  # a callback (tests also post other things here)
+            catalog.check(body)
         self.calls.append(Call(request.path, dict(request.headers), body, time.monotonic()))
         async with self._arrived:
             self._arrived.notify_all()

@@ -59,6 +59,13 @@ def _get(name: str, status: int, path: str, **headers: str) -> Case:
     return Case(name, status, method="GET", path=path, headers=headers)
 
 
+def _bulk(body: str | bytes, status: int, name: str, **headers: str) -> Case:
+    """A case of POST /v1/redeliveries (bulk redelivery); the test apps hold no ended jobs,
+    so an accepted one answers 202 with a count of 0."""
+    text = body if isinstance(body, bytes) else body.encode()
+    return Case(name, status, text, path="/v1/redeliveries", headers=headers)
+
+
 LATIN1 = {"Content-Type": "application/json; charset=latin-1"}
 _GOOD = "http://127.0.0.1:9/hook"  # refused or not, never registered: every case here is 422
 
@@ -204,4 +211,47 @@ CASES: tuple[Case, ...] = (
     _get("bearer_not_utf8", 401, "/v1/jobs", Authorization="Bearer \xff\xfe"),
     _get("bearer_huge", 401, "/v1/jobs", Authorization="Bearer " + "x" * 6000),
     _get("request_id_odd", 200, "/healthz", **{"X-Request-Id": "\xff\xfe../x"}),
+    # -- bulk redelivery ---------------------------------------------------------------------
+    _bulk('{"state": "undeliverable"}', 202, "bulk_minimal"),
+    _bulk(
+        '{"state": "delivered", "kind": "document", "project": "default", "limit": 10000,'
+        ' "since": "2026-11-29T04:30:00.123456789+02:00", "until": "2026-12-31T23:59:60Z"}',
+        202,
+        "bulk_every_filter",
+    ),
+    _bulk(
+        '{"state": "undeliverable", "since": "2027-01-01T00:00:00Z",'
+        ' "until": "2026-01-01T00:00:00Z"}',
+        202,
+        "bulk_empty_window",
+    ),
+    _bulk(b"", 400, "bulk_empty_body"),
+    _bulk('{"state": "undeliverable", "state": "delivered"}', 400, "bulk_duplicate_state"),
+    _bulk('{"state": "undeliverable", "limit": 1e999}', 400, "bulk_limit_1e999"),
+    _bulk(r'{"state": "\ud800"}', 400, "bulk_lone_surrogate"),
+    _bulk('{"state": ' + "[" * 40 + "]" * 40 + "}", 400, "bulk_deep"),
+    _bulk('{"state": "undeliverable"}', 415, "bulk_text_plain", **{"Content-Type": "text/plain"}),
+    _bulk(json.dumps({"state": "undeliverable", "x": "y" * 70_000}), 413, "bulk_over_64_kib"),
+    _bulk("[]", 422, "bulk_array"),
+    _bulk("{}", 422, "bulk_state_missing"),
+    _bulk('{"state": "delivering"}', 422, "bulk_state_delivering"),
+    _bulk(json.dumps({"state": CANARY}), 422, "bulk_state_echo"),
+    _bulk(json.dumps({"state": "undeliverable", CANARY: 1}), 422, "bulk_unknown_field_echo"),
+    _bulk(json.dumps({"state": "undeliverable", "project": CANARY}), 422, "bulk_project_echo"),
+    _bulk(json.dumps({"state": "undeliverable", "project": None}), 422, "bulk_project_null"),
+    _bulk(json.dumps({"state": "undeliverable", "kind": CANARY}), 422, "bulk_kind_echo"),
+    _bulk(json.dumps({"state": "undeliverable", "since": CANARY}), 422, "bulk_since_echo"),
+    _bulk('{"state": "undeliverable", "since": "2026-11-29"}', 422, "bulk_since_date_only"),
+    _bulk(
+        '{"state": "undeliverable", "since": "2026-11-29T04:30:00"}', 422, "bulk_since_no_offset"
+    ),
+    _bulk('{"state": "undeliverable", "until": "2026-02-30T00:00:00Z"}', 422, "bulk_until_feb_30"),
+    _bulk('{"state": "undeliverable", "until": 1800000000}', 422, "bulk_until_number"),
+    _bulk('{"state": "undeliverable", "until": "' + "9" * 5000 + '"}', 422, "bulk_until_huge"),
+    _bulk('{"state": "undeliverable", "limit": 0}', 422, "bulk_limit_0"),
+    _bulk('{"state": "undeliverable", "limit": 10001}', 422, "bulk_limit_10001"),
+    _bulk('{"state": "undeliverable", "limit": 5.0}', 422, "bulk_limit_float"),
+    _bulk('{"state": "undeliverable", "limit": true}', 422, "bulk_limit_true"),
+    _bulk('{"state": "undeliverable", "limit": "5"}', 422, "bulk_limit_string"),
+    _bulk('{"state": "undeliverable", "limit": ' + "9" * 5000 + "}", 422, "bulk_limit_digits"),
 )

@@ -131,6 +131,25 @@ class Store:
         """Start a new delivery round of a delivered or undeliverable job."""
         return await self.driver.run(lambda: verbs.redeliver(tenant, job_id, now))
 
+    async def redeliver_many(
+        self,
+        tenant: str,
+        *,
+        state: str,
+        kind: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int,
+        now: float,
+    ) -> tuple[int, int]:
+        """Start a new delivery round, as ``redeliver`` does, for up to ``limit`` of the
+        tenant's jobs in ``state`` (delivered or undeliverable) of ``kind`` whose last round
+        ended in [``since``, ``until``), the earliest-ended first; one transaction. Return
+        how many started and how many more match."""
+        return await self.driver.run(
+            lambda: verbs.redeliver_many(tenant, state, kind, since, until, limit, now)
+        )
+
     async def attempts(self, tenant: str, job_id: str) -> list[Attempt] | None:
         return await self.driver.run(lambda: verbs.attempts(tenant, job_id))
 

@@ -290,6 +290,12 @@ def redeliver(job: Job) -> None:
         )
 
 
+def bulk_redeliverable(state: str) -> None:
+    """Bulk redelivery takes one of the states a single redelivery starts from."""
+    if state not in (DELIVERED, UNDELIVERABLE):
+        raise ValueError(f"bulk redelivery is of delivered or undeliverable jobs, not {state}")
+
+
 def attempted(
     job: Row, attempt: Attempt, *, next_state: str, next_attempt_at: float | None
 ) -> tuple[dict[str, Any], bool]:
@@ -307,6 +313,8 @@ def attempted(
         "duration_ms": attempt.duration_ms,
         "response_status": attempt.response_status,
         "error": attempt.error,
+        "response_excerpt": attempt.response_excerpt,
+        "response_content_type": attempt.response_content_type,
         "attempts": max(job["attempts"], attempt.n),
         "finished_at": finished_at,
         "state": next_state if live else job["state"],

@@ -179,6 +179,24 @@ def redeliver(tenant: str, job_id: str, now: float) -> Program[Job | None]:
     return (yield from get_job(tenant, job_id))
 
 
+def redeliver_many(
+    tenant: str,
+    state: str,
+    kind: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    now: float,
+) -> Program[tuple[int, int]]:
+    """Bulk redelivery: how many jobs started a new round, and how many more match."""
+    rules.bulk_redeliverable(state)
+    p = {"tenant": tenant, "state": state, "kind": kind, "since": since, "until": until}
+    started = yield q.exec("redeliver_jobs", p, limit=limit, now=now)
+    # The started ones no longer match (they are delivering): what is left is the rest.
+    remaining = yield q.val("redeliverable_count", p)
+    return int(started), int(remaining)
+
+
 def delivery_live(job_id: str) -> Program[bool]:
     state = yield q.val("job_state", job_id=job_id)
     return bool(state == DELIVERING)

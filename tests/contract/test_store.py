@@ -776,6 +776,125 @@ async def test_redeliver_after_delivered(store: Store) -> None:
     assert [a.n for a in await store.attempts("alpha", job_id) or []] == [1, 2]
 
 
+async def ended(
+    store: Store, token: int, state: str, at: float, tenant: str = "alpha", kind: str = "video"
+) -> str:
+    """A job whose first round ended ``state`` by an attempt at ``at`` (ended at + 0.05)."""
+    job_id = await delivering(store, token, at=at - 1, tenant=tenant, kind=kind)
+    (d,) = await store.claim_due_deliveries("a", now=at, lease=LONG, limit=5)
+    assert d.job_id == job_id
+    status = 200 if state == "delivered" else 410
+    assert await store.record_attempt(
+        job_id, "a", attempt(1, at, status), next_state=state, next_attempt_at=None
+    )
+    return job_id
+
+
+async def test_bulk_redelivery_counts_filters_and_leaves_others_alone(store: Store) -> None:
+    u1 = await ended(store, 1, "undeliverable", T0 + 10)
+    bu = await ended(store, 2, "undeliverable", T0 + 12, tenant="beta")
+    d1 = await ended(store, 3, "delivered", T0 + 15)
+    u2 = await ended(store, 4, "undeliverable", T0 + 20, kind="document")
+    u3 = await ended(store, 5, "undeliverable", T0 + 30)
+    tracking, _ = await reg(store, job(token=6), now=T0 + 40)
+
+    # The limit takes the earliest-ended first; the rest is counted.
+    started = await store.redeliver_many("alpha", state="undeliverable", limit=2, now=T0 + 100)
+    assert started == (2, 1)
+    for job_id in (u1, u2):
+        j = await store.get_job("alpha", job_id)
+        assert j is not None
+        assert (j.state, j.next_attempt_at, j.attempts, j.delivered_at) == (
+            "delivering",
+            T0 + 100,
+            1,
+            None,
+        )
+    states = {
+        job_id: (await store.get_job(tenant, job_id)).state  # type: ignore[union-attr]
+        for tenant, job_id in (("alpha", u3), ("beta", bu), ("alpha", d1), ("alpha", tracking))
+    }
+    assert states == {
+        u3: "undeliverable",
+        bu: "undeliverable",
+        d1: "delivered",
+        tracking: "tracking",
+    }
+
+    # Rounds running now are not matched again; a kind filter; other tenants' jobs stay.
+    assert await store.redeliver_many(
+        "alpha", state="undeliverable", kind="document", limit=10, now=T0 + 101
+    ) == (0, 0)
+    assert await store.redeliver_many(
+        "alpha", state="undeliverable", kind="video", limit=10, now=T0 + 101
+    ) == (1, 0)
+    assert await store.redeliver_many("alpha", state="undeliverable", limit=10, now=T0 + 102) == (
+        0,
+        0,
+    )
+    beta = await store.get_job("beta", bu)
+    assert beta is not None and beta.state == "undeliverable"
+
+    # since is inclusive, until exclusive, on when the last round ended (T0 + 15.05).
+    assert await store.redeliver_many(
+        "alpha", state="delivered", until=T0 + 15.05, limit=10, now=T0 + 103
+    ) == (0, 0)
+    assert await store.redeliver_many(
+        "alpha", state="delivered", since=T0 + 15.06, limit=10, now=T0 + 103
+    ) == (0, 0)
+    assert await store.redeliver_many(
+        "alpha", state="delivered", since=T0 + 15.05, until=T0 + 15.06, limit=10, now=T0 + 103
+    ) == (1, 0)
+
+    # Each new round is exactly a redelivery's: the same body, attempts continuing, and the
+    # round's clock (round_started_at) starting at the request.
+    claimed = await store.claim_due_deliveries("b", now=T0 + 103, lease=LONG, limit=10)
+    assert sorted(d.job_id for d in claimed) == sorted([u1, u2, u3, d1])
+    for d in claimed:
+        assert (d.attempts, d.round_attempts) == (1, 0)
+    assert {d.job_id: d.round_started_at for d in claimed} == {
+        u1: T0 + 100,
+        u2: T0 + 100,
+        u3: T0 + 101,
+        d1: T0 + 103,
+    }
+    with pytest.raises(ValueError):
+        await store.redeliver_many("alpha", state="delivering", limit=10, now=T0 + 104)
+
+
+async def test_bulk_redelivery_is_bounded_by_its_limit(store: Store) -> None:
+    for token in range(1, 8):
+        await ended(store, token, "undeliverable", T0 + token)
+    assert await store.redeliver_many("alpha", state="undeliverable", limit=3, now=T0 + 50) == (
+        3,
+        4,
+    )
+    assert await store.redeliver_many("alpha", state="undeliverable", limit=3, now=T0 + 51) == (
+        3,
+        1,
+    )
+    assert await store.redeliver_many("alpha", state="undeliverable", limit=3, now=T0 + 52) == (
+        1,
+        0,
+    )
+    claimed = await store.claim_due_deliveries("b", now=T0 + 52, lease=LONG, limit=10)
+    # Earliest-ended first: the first three tokens went in the first request.
+    firsts = sorted((d.round_started_at, d.token) for d in claimed)
+    assert [t for at, t in firsts if at == T0 + 50] == [1, 2, 3]
+
+
+async def test_attempts_keep_the_answer_excerpt_and_content_type(store: Store) -> None:
+    job_id = await delivering(store, 1)
+    await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)
+    failed = dataclasses.replace(
+        attempt(1, T0 + 2, 500, "HTTP 500"),
+        response_excerpt=b"<h1>oops \xc3\xa9</h1>\x00\xc3",
+        response_content_type="text/html; charset=utf-8",
+    )
+    await store.record_attempt(job_id, "a", failed, next_state="delivering", next_attempt_at=T0 + 9)
+    assert await store.attempts("alpha", job_id) == [failed]
+
+
 async def test_a_job_canceled_during_its_attempt_stays_canceled(store: Store) -> None:
     job_id = await delivering(store, 1)
     await store.claim_due_deliveries("a", now=T0 + 1, lease=LONG, limit=5)

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from bridge.demo import Options, percentile, run_demo
+from tests import catalog
 from tests.proc import run_bridge
 
 CALLBACK_LINE = re.compile(
@@ -66,7 +67,7 @@ async def test_demo_of_20_jobs_ends_with_every_callback_verified() -> None:
 async def test_failed_conversions_are_delivered_too(tmp_path: Path) -> None:
     out = io.StringIO()
     options = Options(jobs=4, failures=1.0, min_duration=0.2, max_duration=0.6, timeout=60)
-    assert await run_demo(options, out, tmp_path) == 0
+    assert await run_demo(options, out, tmp_path, observe=catalog.check) == 0
     text = out.getvalue()
     assert row(text, "outcomes") == "4 failed"
     assert len(re.findall(r"\.conversion\.failed ", text)) == 4
@@ -76,7 +77,7 @@ async def test_a_callback_that_does_not_verify_fails_the_demo(tmp_path: Path) ->
     out = io.StringIO()
     options = Options(jobs=2, failures=0.0, min_duration=0.2, max_duration=0.4, timeout=4)
     wrong = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-    assert await run_demo(options, out, tmp_path, verify_with=wrong) == 1
+    assert await run_demo(options, out, tmp_path, verify_with=wrong, observe=catalog.check) == 1
     text = out.getvalue()
     assert "REFUSED" in text
     assert "FAILED: 2 of 2 callbacks did not arrive verified within 4s" in text

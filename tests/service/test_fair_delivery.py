@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from bridge.model import Job, NewJob
+from tests import catalog
 from tests.harness import receiver
 from tests.service.test_scheduler_steps import STUCK, Rig, metric, rig
 
@@ -30,7 +31,7 @@ class Hung:
         self._seen = asyncio.Condition()
 
     async def handle(self, request: web.Request) -> web.Response:
-        await request.read()
+        catalog.check(await request.read())
         self.arrived += 1
         async with self._seen:
             self._seen.notify_all()

@@ -20,12 +20,24 @@ import aiohttp
 import pytest
 
 from bridge.delivery import Deliverer, callback_session
+from bridge.model import callback_body
 from bridge.netpolicy import BLOCKED_MESSAGE, NetworkPolicy, is_policy_block
 from tests.harness import receiver
 from tests.resolvers import StaticResolver
 
 LOOPBACK = (ipaddress.IPv4Network("127.0.0.0/8"),)
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+# A callback as the bridge makes it (the receivers hold every body to the event catalog).
+BODY = callback_body(
+    job_id="job_01jdx2v9q4k8m3n6p7r5s2t0wa",
+    kind="video",
+    token=1,
+    outcome="finished",
+    error=None,
+    result_json=None,
+    metadata_json=None,
+    seen_at=1_800_000_000.0,
+)
 
 
 class RecordingPolicy(NetworkPolicy):
@@ -145,7 +157,7 @@ async def test_deliverer_blocks_odd_literal_spellings_without_a_dial(
         async with callback_session(policy, concurrency=4) as session:
             deliverer = Deliverer(session, timeout=5)
             url = f"http://{host}:{port_of(rec.url)}/hook"
-            result = await deliverer.attempt(url, b"{}", "msg_1", [SECRET])
+            result = await deliverer.attempt(url, BODY, "msg_1", [SECRET])
     assert (result.result, result.error, result.status) == ("blocked", BLOCKED_MESSAGE, None)
     assert dialled == [] and policy.vetted == [] and rec.calls == []
 
@@ -161,7 +173,7 @@ async def test_environment_proxy_is_ignored(
         policy = NetworkPolicy(allow=LOOPBACK, resolver=StaticResolver({}))
         async with callback_session(policy, concurrency=4) as session:
             deliverer = Deliverer(session, timeout=5)
-            result = await deliverer.attempt(rec.url + "/hook", b"{}", "msg_1", [SECRET])
+            result = await deliverer.attempt(rec.url + "/hook", BODY, "msg_1", [SECRET])
     assert result.result == "success"
     assert [c.path for c in rec.calls] == ["/hook"]
     assert proxy.calls == []

@@ -99,9 +99,11 @@ async def test_every_operation_answers_a_documented_problem_when_the_database_is
             for method, op in item.items():
                 if method == "parameters":
                     continue
-                body = {"token": 2, "callback_url": URL} if method == "post" else None
-                if path == "/v1/signing-secrets/rotate":
-                    body = None  # no body, or {}
+                body: dict[str, Any] | None = None
+                if method == "post" and path == "/v1/redeliveries":
+                    body = {"state": "undeliverable"}
+                elif method == "post" and path != "/v1/signing-secrets/rotate":
+                    body = {"token": 2, "callback_url": URL}  # rotate: no body, or {}
                 resp = await c.request(
                     method, path.replace("{job_id}", job_id), json=body, headers=H
                 )

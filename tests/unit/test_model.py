@@ -49,6 +49,7 @@ def test_callback_body_shape() -> None:
         "timestamp": "2027-01-15T08:01:12.500Z",
         "data": {
             "job_id": "job_01jdx2v9q4k8m3n6p7r5s2t0wa",
+            "project": "default",
             "kind": "video",
             "token": 426339926,
             "status": "finished",

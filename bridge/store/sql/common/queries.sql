@@ -77,7 +77,8 @@ SELECT watch_id FROM jobs WHERE id = :job_id AND tenant = :tenant;
 SELECT state FROM jobs WHERE id = :job_id;
 
 -- name: attempts
-SELECT n, at, duration_ms, response_status, error FROM attempts WHERE job_id = :job_id ORDER BY n;
+SELECT n, at, duration_ms, response_status, error, response_excerpt, response_content_type
+  FROM attempts WHERE job_id = :job_id ORDER BY n;
 
 -- name: count_by_state
 SELECT state, count(*) FROM jobs GROUP BY state;
@@ -98,6 +99,15 @@ UPDATE jobs
    SET state = 'delivering', next_attempt_at = :now, delivered_at = NULL, round_attempts = 0,
        ended_at = NULL, updated_at = :now, round_started_at = :now
  WHERE id = :job_id;
+
+-- name: redeliverable_count
+-- The jobs POST /v1/redeliveries matches (after redeliver_jobs: those past its limit), on
+-- the (tenant, state, ended_at) index. An absent filter matches all.
+SELECT count(*) FROM jobs
+ WHERE tenant = :tenant AND state = :state AND ended_at IS NOT NULL
+   AND (CAST(:kind AS text) IS NULL OR kind = :kind)
+   AND (CAST(:since AS double precision) IS NULL OR ended_at >= :since)
+   AND (CAST(:until AS double precision) IS NULL OR ended_at < :until);
 
 -- name: signing_keys
 -- The keys of a tenant's scheme that sign now: the current one (expires_at NULL, the
@@ -177,11 +187,15 @@ UPDATE watches
 
 -- name: insert_attempt
 -- A retried record of the same attempt replaces it.
-INSERT INTO attempts (job_id, n, at, duration_ms, response_status, error)
-VALUES (:job_id, :n, :at, :duration_ms, :response_status, :error)
+INSERT INTO attempts (job_id, n, at, duration_ms, response_status, error, response_excerpt,
+                      response_content_type)
+VALUES (:job_id, :n, :at, :duration_ms, :response_status, :error, :response_excerpt,
+        :response_content_type)
 ON CONFLICT (job_id, n) DO UPDATE
    SET at = excluded.at, duration_ms = excluded.duration_ms,
-       response_status = excluded.response_status, error = excluded.error;
+       response_status = excluded.response_status, error = excluded.error,
+       response_excerpt = excluded.response_excerpt,
+       response_content_type = excluded.response_content_type;
 
 -- name: attempt_job
 -- The lease goes back as in record_watch: to its owner, or when no attempt follows.

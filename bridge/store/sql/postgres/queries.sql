@@ -79,6 +79,28 @@ UPDATE watches SET status = NULL, error = NULL, result = NULL
  WHERE id = ANY(:watch_ids::bigint[]) AND next_poll_at IS NULL
    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.watch_id = watches.id);
 
+-- name: redeliver_jobs
+-- POST /v1/redeliveries: a new round for up to :limit of a tenant's jobs in :state, the
+-- earliest-ended first, each exactly as redeliver_job starts one. One statement on the
+-- (tenant, state, ended_at) index. The rows are locked as they are chosen (in that order;
+-- a deadlock with a concurrent purge is retried by the driver), and a row that changed
+-- meanwhile is re-checked on its new version: a job purged or already redelivered by
+-- another request is not counted twice.
+WITH chosen AS (
+    SELECT seq FROM jobs
+     WHERE tenant = :tenant AND state = :state AND ended_at IS NOT NULL
+       AND (CAST(:kind AS text) IS NULL OR kind = :kind)
+       AND (CAST(:since AS double precision) IS NULL OR ended_at >= :since)
+       AND (CAST(:until AS double precision) IS NULL OR ended_at < :until)
+     ORDER BY ended_at, seq
+     LIMIT :limit
+       FOR UPDATE
+)
+UPDATE jobs
+   SET state = 'delivering', next_attempt_at = :now, delivered_at = NULL, round_attempts = 0,
+       ended_at = NULL, updated_at = :now, round_started_at = :now
+ WHERE seq = ANY (ARRAY(SELECT seq FROM chosen)) AND state = :state;
+
 -- -- claims and leases: the database's clock -----------------------------------------------
 
 -- name: claim_watches

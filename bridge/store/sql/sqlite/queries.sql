@@ -68,6 +68,22 @@ UPDATE watches SET status = NULL, error = NULL, result = NULL
  WHERE id IN (SELECT value FROM json_each(:watch_ids)) AND next_poll_at IS NULL
    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.watch_id = watches.id);
 
+-- name: redeliver_jobs
+-- POST /v1/redeliveries: a new round for up to :limit of a tenant's jobs in :state, the
+-- earliest-ended first, each exactly as redeliver_job starts one. One statement on the
+-- (tenant, state, ended_at) index; the transaction holds the file.
+UPDATE jobs
+   SET state = 'delivering', next_attempt_at = :now, delivered_at = NULL, round_attempts = 0,
+       ended_at = NULL, updated_at = :now, round_started_at = :now
+ WHERE seq IN (
+       SELECT seq FROM jobs
+        WHERE tenant = :tenant AND state = :state AND ended_at IS NOT NULL
+          AND (:kind IS NULL OR kind = :kind)
+          AND (:since IS NULL OR ended_at >= :since)
+          AND (:until IS NULL OR ended_at < :until)
+        ORDER BY ended_at, seq
+        LIMIT :limit);
+
 -- -- claims and leases: the application's clock --------------------------------------------
 
 -- name: claim_watches
