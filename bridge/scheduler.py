@@ -475,13 +475,16 @@ class Scheduler:
         w = queue.popleft()
         if not queue:
             del self._waiting[host]
-        n = self._waiting_tenants[w.work.tenant] - 1
-        if n:
-            self._waiting_tenants[w.work.tenant] = n
-        else:
-            del self._waiting_tenants[w.work.tenant]
-        self._waiting_count -= 1
+        self._left_waiting(w.work)
         return w
+
+    def _left_waiting(self, d: DeliveryWork) -> None:
+        n = self._waiting_tenants[d.tenant] - 1
+        if n:
+            self._waiting_tenants[d.tenant] = n
+        else:
+            del self._waiting_tenants[d.tenant]
+        self._waiting_count -= 1
 
     def _start_waiting(self) -> None:
         """Start the waiting callbacks the gate now admits; give back those that cannot
@@ -529,12 +532,7 @@ class Scheduler:
             while host in self._waiting and not self._waiting[host]:
                 del self._waiting[host]
         for d in mine:
-            n = self._waiting_tenants[d.tenant] - 1
-            if n:
-                self._waiting_tenants[d.tenant] = n
-            else:
-                del self._waiting_tenants[d.tenant]
-        self._waiting_count -= len(mine)
+            self._left_waiting(d)
         return mine
 
     async def _return_unstarted(self, refused: list[DeliveryWork], step: _Step) -> None:

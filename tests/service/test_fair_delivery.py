@@ -17,7 +17,7 @@ from aiohttp import web
 
 from bridge.model import Job, NewJob
 from tests import catalog
-from tests.harness import receiver
+from tests.harness import receiver, serving
 from tests.service.test_scheduler_steps import STUCK, Rig, metric, rig
 
 
@@ -52,18 +52,11 @@ class Hung:
 @contextlib.asynccontextmanager
 async def hung() -> AsyncIterator[Hung]:
     h = Hung()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", h.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    h.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield h
-    finally:
-        h.release()
-        await runner.cleanup()
+    async with serving(h.handle, shutdown_timeout=0.1) as h.url:
+        try:
+            yield h
+        finally:
+            h.release()
 
 
 async def expiring(r: Rig, tenant: str, url: str, token: int, after: float) -> Job:
