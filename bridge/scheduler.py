@@ -334,15 +334,15 @@ class Scheduler:
         self._sleeping_until = math.inf
         timeout = MAX_IDLE
         with contextlib.suppress(StoreError):
-            due = await self.store.next_due()
+            # Callbacks the gate holds wait for it (a finished attempt wakes the loop, a
+            # circuit's next probe is known), not a claim every BATCH_WINDOW; polls and
+            # deadlines still wake it when they fall due.
+            due = await self.store.next_due(callbacks=not self._held)
+            if self._held and (probe := self.gate.next_probe_at()) is not None:
+                at_probe = self.clock() + probe - self.monotonic()
+                due = at_probe if due is None else min(due, at_probe)
             if due is not None:
-                wait = due - self.clock()
-                if wait <= 0 and self._held:
-                    # What is due waits on the gate: a finished attempt wakes the loop, a
-                    # circuit's next probe is known. Not a claim every BATCH_WINDOW.
-                    probe = self.gate.next_probe_at()
-                    wait = MAX_IDLE if probe is None else probe - self.monotonic()
-                timeout = min(timeout, max(BATCH_WINDOW, wait))
+                timeout = min(timeout, max(BATCH_WINDOW, due - self.clock()))
         if timeout > 0:
             self._sleeping_until = self.clock() + timeout
             with contextlib.suppress(TimeoutError):

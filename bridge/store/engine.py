@@ -324,6 +324,7 @@ class Store:
         """Give back every lease ``owner`` holds."""
         await self.driver.run(lambda: verbs.release(owner))
 
-    async def next_due(self) -> float | None:
-        """When the earliest poll, callback or deadline falls due (leased work aside)."""
-        return await self.driver.run(verbs.next_due, tx=False)
+    async def next_due(self, *, callbacks: bool = True) -> float | None:
+        """When the earliest poll, callback (unless not ``callbacks``) or deadline falls due
+        (leased work aside)."""
+        return await self.driver.run(lambda: verbs.next_due(callbacks), tx=False)

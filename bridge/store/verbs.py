@@ -455,6 +455,6 @@ def release(owner: str) -> Program[None]:
     yield q.exec("release_jobs", owner=owner)
 
 
-def next_due() -> Program[float | None]:
-    due = yield q.val("next_due")
+def next_due(callbacks: bool = True) -> Program[float | None]:
+    due = yield q.val("next_due", callbacks=callbacks)
     return float(due) if due is not None else None

@@ -9,54 +9,11 @@ it go. No assertion is about time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from aiohttp import web
-
 from bridge.model import Job, NewJob
-from tests import catalog
-from tests.harness import receiver, serving
+from tests.harness import hung, receiver
 from tests.service.test_scheduler_steps import STUCK, Rig, metric, rig
-
-
-class Hung:
-    """A receiver that holds every request until ``release``."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self.arrived = 0
-        self._go = asyncio.Event()
-        self._seen = asyncio.Condition()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        catalog.check(await request.read())
-        self.arrived += 1
-        async with self._seen:
-            self._seen.notify_all()
-        await self._go.wait()
-        return web.Response(status=200)
-
-    async def wait_for(self, count: int) -> None:
-        async def wait() -> None:
-            async with self._seen:
-                await self._seen.wait_for(lambda: self.arrived >= count)
-
-        await asyncio.wait_for(wait(), STUCK)
-
-    def release(self) -> None:
-        self._go.set()
-
-
-@contextlib.asynccontextmanager
-async def hung() -> AsyncIterator[Hung]:
-    h = Hung()
-    async with serving(h.handle, shutdown_timeout=0.1) as h.url:
-        try:
-            yield h
-        finally:
-            h.release()
 
 
 async def expiring(r: Rig, tenant: str, url: str, token: int, after: float) -> Job:

@@ -225,14 +225,15 @@ SELECT p.n, p.oldest, d.n, d.oldest
 
 -- name: next_due
 -- Work under a live lease is another worker's; a lease that ran out (its holder died)
--- makes the work due again, as the claims see it.
+-- makes the work due again, as the claims see it. Callbacks only with :callbacks (while
+-- the delivery gate holds them, they wait for it).
 SELECT least(
     (SELECT min(next_poll_at) FROM watches
       WHERE next_poll_at IS NOT NULL
         AND (lease_until IS NULL
              OR lease_until < extract(epoch FROM statement_timestamp())::float8)),
     (SELECT min(next_attempt_at) FROM jobs
-      WHERE state = 'delivering'
+      WHERE :callbacks::boolean AND state = 'delivering'
         AND (lease_until IS NULL
              OR lease_until < extract(epoch FROM statement_timestamp())::float8)),
     (SELECT min(deadline_at) FROM jobs WHERE state = 'tracking'));

@@ -181,11 +181,13 @@ SELECT p.n, p.oldest, d.n, d.oldest
 -- name: next_due
 -- Leased work aside: this process holds every lease in the file and gives each back when
 -- its work is recorded (or at the next start), so nothing leased falls due meanwhile.
+-- Callbacks only with :callbacks (while the delivery gate holds them, they wait for it).
 SELECT min(t) FROM (
        SELECT min(next_poll_at) AS t FROM watches
         WHERE next_poll_at IS NOT NULL AND lease_until IS NULL
        UNION ALL
-       SELECT min(next_attempt_at) FROM jobs WHERE state = 'delivering' AND lease_until IS NULL
+       SELECT min(next_attempt_at) FROM jobs
+        WHERE :callbacks AND state = 'delivering' AND lease_until IS NULL
        UNION ALL
        SELECT min(deadline_at) FROM jobs WHERE state = 'tracking') AS due;
 
