@@ -5,6 +5,13 @@ like the recorded answers in ``tests/fixtures/uploadcare``: jobs move ``pending`
 ``processing`` -> ``finished`` (or ``failed`` / ``canceled`` with configured odds) as its
 clock advances. It checks ``Accept`` (406), both auth schemes (401) and can throttle (429).
 
+It serves one Uploadcare project per key pair (``FakeConfig.public_key``/``secret_key``,
+plus ``extra_keys``): each project has its own tokens (a token of one is 404 in another,
+and one number may be a job in both), its own throttle and its own disabled kinds. The
+Python hooks take ``project=<public key>``; without it, ``add_job``/``job``/``status_of``
+mean the first project, request-log filters and canned answers mean every project, and
+``set_throttle``/``set_disabled_kinds`` change every project.
+
 Tests drive it through the ``FakeUpstream`` object stored on the app under ``FAKE``::
 
     async with running(FakeConfig(seed=1, clock=clock)) as server:
@@ -15,11 +22,18 @@ Tests drive it through the ``FakeUpstream`` object stored on the app under ``FAK
         assert [r.status for r in fake.status_requests(token=token)] == [429, 200]
 
 Processing order for a status request: a queued canned response (``respond_next``) wins
-over everything; then ``Accept`` (406), authentication (401), throttling (429), a
-disabled kind (400), an unknown token (404), the job's status (200). ``POST`` requests
-take the same checks without canned responses. Every request is recorded in
-``FakeUpstream.requests``. Signed requests must carry a ``Date`` header, but how far it
-is from now is not checked (Uploadcare may; the fake's clock is often simulated).
+over everything; then ``Accept`` (406), authentication (401: an unknown public key, a
+wrong secret or signature, or a signed request whose ``Date`` is more than 15 minutes
+from the fake's wall clock), throttling (429), a disabled kind (400), an unknown token
+(404), the job's status (200). ``POST`` requests take the same checks without canned
+responses. Every answer carries ``Date`` (the fake's wall clock, ``wall_clock()`` plus
+``clock_offset``) and a fresh ``X-Uploadcare-Request-Id``; every request is recorded in
+``FakeUpstream.requests`` with that id.
+
+Two clocks: ``clock`` drives the jobs and the throttle (tests often simulate it);
+``wall_clock`` (default ``time.time``) plus ``clock_offset`` is the fake's idea of the
+date, for ``Date`` headers and the 15-minute rule, so a test can make the bridge's host
+look skewed without touching the jobs' clock.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import hmac
 import json
 import math
@@ -35,8 +50,9 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, Final, Literal, TypeAlias
 
 import structlog
@@ -53,12 +69,15 @@ __all__ = [
     "CannedResponse",
     "FakeConfig",
     "FakeJob",
+    "FakeProject",
     "FakeUpstream",
     "RequestRecord",
     "RunningFake",
     "add_arguments",
     "config_from_args",
     "create_app",
+    "parse_keys",
+    "project_keys",
     "run_from_args",
     "running",
     "serve",
@@ -93,6 +112,10 @@ DETAIL_SIMPLE_OVER_HTTP: Final = (
     "Simple authentication over HTTP is forbidden. Please, use HTTPS or signed requests instead."
 )
 DETAIL_FORBIDDEN: Final = "You do not have permission to perform this action."
+# Uploadcare's text for a signed request whose Date is too far from its clock.
+DETAIL_DATE_SKEW: Final = "Date should be within 0:15:00 of our server time"
+DATE_TOLERANCE: Final = 15 * 60.0  # seconds a signed request's Date may be off
+REQUEST_ID_HEADER: Final = "X-Uploadcare-Request-Id"
 TEXT_SERVICE_ERROR: Final = "Conversion service error."
 _FAILED_ERRORS: Final[Mapping[Kind, str]] = {
     "video": "Video conversion failed: the source file is not a supported video.",
@@ -126,10 +149,19 @@ class FakeConfig:
     not available ...". ``seed`` makes tokens, UUIDs, durations and outcomes reproducible.
     The request log keeps about the latest ``request_log_limit`` records, so a long benchmark
     run does not grow it without bound.
+
+    Projects: ``public_key``/``secret_key`` is the first project; ``extra_keys`` (public key
+    -> secret key) adds more, each with its own tokens, its own throttle bucket (same
+    ``throttle_rps``/``throttle_burst``) and ``disabled_kinds``. ``keys`` lists them all.
+
+    Date: the fake's wall clock is ``wall_clock() + clock_offset`` (seconds, either sign).
+    It stamps every answer's ``Date`` and is what a signed request's ``Date`` must be
+    within 15 minutes of.
     """
 
     public_key: str = DEFAULT_PUBLIC_KEY
     secret_key: str = DEFAULT_SECRET_KEY
+    extra_keys: Mapping[str, str] = field(default_factory=dict)
     min_duration: float = 3.0
     max_duration: float = 12.0
     failed_rate: float = 0.1
@@ -141,8 +173,22 @@ class FakeConfig:
     seed: int | None = None
     clock: Callable[[], float] = time.monotonic
     request_log_limit: int = 100_000
+    clock_offset: float = 0.0
+    wall_clock: Callable[[], float] = time.time
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """Every project's keys, public -> secret; the first is ``public_key``'s."""
+        return {self.public_key: self.secret_key, **self.extra_keys}
 
     def __post_init__(self) -> None:
+        self.extra_keys = dict(self.extra_keys)
+        for public, secret in [(self.public_key, self.secret_key), *self.extra_keys.items()]:
+            _check_key_pair(public, secret)
+        if self.public_key in self.extra_keys:
+            raise ValueError(f"public key {self.public_key} is given twice")
+        if not math.isfinite(self.clock_offset):
+            raise ValueError("clock_offset must be a finite number of seconds")
         if not 0 <= self.min_duration <= self.max_duration or math.isinf(self.max_duration):
             raise ValueError("durations must satisfy 0 <= min_duration <= max_duration < inf")
         for name in ("failed_rate", "canceled_rate", "cancelled_spelling"):
@@ -160,6 +206,15 @@ class FakeConfig:
             raise ValueError("disabled_kinds may hold only 'video' and 'document'")
 
 
+def _check_key_pair(public: str, secret: str) -> None:
+    """ValueError unless both keys are non-empty and fit ``Authorization``: no space in
+    either, no ``:`` in the public key. The message never shows a key."""
+    if not public or ":" in public or any(c.isspace() for c in public):
+        raise ValueError("a public key must be non-empty, without spaces or ':'")
+    if not secret or any(c.isspace() for c in secret):
+        raise ValueError("a secret key must be non-empty, without spaces")
+
+
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
     """One request the fake received and what it answered.
@@ -168,7 +223,10 @@ class RequestRecord:
     clock is simulated but that also need real time. ``kind``/``token`` are None when the
     path holds none (``token`` also when not a number). ``status`` is None when the
     connection was reset without an answer. ``auth`` is the scheme the request claimed.
-    ``canned`` marks answers taken from ``respond_next``.
+    ``canned`` marks answers taken from ``respond_next``. ``project`` is the public key of
+    the served project the request named (None when it named none the fake serves).
+    ``request_id`` is the ``X-Uploadcare-Request-Id`` of the answer, to match a log line
+    of the code under test to its request.
     """
 
     at: float
@@ -180,6 +238,8 @@ class RequestRecord:
     status: int | None
     auth: Literal["signed", "simple"] | None
     canned: bool
+    project: str | None = None
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +247,8 @@ class CannedResponse:
     """A queued answer for status requests (``respond_next``, ``reset_next``).
 
     ``reset`` drops the connection instead of answering; ``status`` is then unused.
+    ``kind``, ``token`` and ``project`` (a public key the request names) narrow which
+    requests take it; None matches any.
     """
 
     status: int
@@ -197,10 +259,13 @@ class CannedResponse:
     reset: bool = False
     kind: Kind | None = None
     token: int | None = None
+    project: str | None = None
 
-    def matches(self, kind: str, token: int | None) -> bool:
-        return (self.kind is None or self.kind == kind) and (
-            self.token is None or self.token == token
+    def matches(self, kind: str, token: int | None, project: str | None = None) -> bool:
+        return (
+            (self.kind is None or self.kind == kind)
+            and (self.token is None or self.token == token)
+            and (self.project is None or self.project == project)
         )
 
 
@@ -261,31 +326,88 @@ class _Bucket:
 # --- The fake and its test hooks ---------------------------------------------------------
 
 
+@dataclass
+class FakeProject:
+    """One Uploadcare project the fake serves, named by its public key.
+
+    Its own jobs (``(kind, token) -> FakeJob``; tokens are unique across kinds within a
+    project, like Uploadcare's, but not across projects), its own throttle bucket and its
+    own disabled kinds. The secret key is read from the config at each request, so a test
+    may change ``config.secret_key`` live.
+    """
+
+    public_key: str
+    jobs: dict[tuple[Kind, int], FakeJob] = field(default_factory=dict)
+    disabled: frozenset[Kind] = frozenset()
+    bucket: _Bucket | None = field(default=None, repr=False)
+    tokens: set[int] = field(default_factory=set, repr=False)
+
+
+_REQUEST_ID: Final = web.RequestKey("fake_upstream_request_id", str)
+# Headers a canned answer set itself, which ``stamp`` leaves alone (lower case).
+_CANNED_HEADERS: Final = web.RequestKey("fake_upstream_canned_headers", frozenset[str])
+
+
 class FakeUpstream:
     """State and test hooks of one fake upstream app (``app[FAKE]``).
 
-    Hooks:
+    Hooks (``project`` is a public key; see the module's docstring for what None means):
 
-    - ``add_job(kind, outcome=..., duration=...) -> token``: a job with a forced outcome.
-    - ``respond_next(status, times=..., retry_after=..., delay=..., ...)``: canned answers
-      for the next status requests (429, 5xx, 401, slow answers); ``reset_next(...)``:
-      connection resets instead.
-    - ``requests`` / ``status_requests(kind=, token=)``: the request log.
-    - ``set_throttle(rps, burst)``, ``set_disabled_kinds(kinds)``: change behaviour live.
-    - ``jobs`` / ``job(kind, token)`` / ``status_of(kind, token)``: inspect jobs.
+    - ``add_job(kind, outcome=..., duration=..., project=...) -> token``: a job with a
+      forced outcome.
+    - ``respond_next(status, times=..., retry_after=..., delay=..., project=..., ...)``:
+      canned answers for the next status requests (429, 5xx, 401, slow answers);
+      ``reset_next(...)``: connection resets instead.
+    - ``requests`` / ``status_requests(kind=, token=, project=)``: the request log.
+    - ``set_throttle(rps, burst, project=)``, ``set_disabled_kinds(kinds, project=)``,
+      ``set_clock_offset(seconds)``: change behaviour live.
+    - ``projects`` / ``project(public_key)``: the projects served, in configuration order.
+    - ``jobs`` (the first project's) / ``job(kind, token, project=)`` /
+      ``status_of(kind, token, project=)``: inspect jobs.
+    - ``now()``: the fake's wall clock (with the offset), as its ``Date`` headers say.
     """
 
     def __init__(self, config: FakeConfig) -> None:
         self.config = config
         self.clock = config.clock
+        self.clock_offset = config.clock_offset
         self.requests: list[RequestRecord] = []
-        self.jobs: dict[tuple[Kind, int], FakeJob] = {}
-        self._tokens: set[int] = set()
+        self.projects: dict[str, FakeProject] = {
+            public: FakeProject(public, disabled=frozenset(config.disabled_kinds))
+            for public in config.keys
+        }
         self._rng = random.Random(config.seed)
         self._canned: list[_Queued] = []
-        self._bucket: _Bucket | None = None
-        self._disabled: frozenset[Kind] = frozenset(config.disabled_kinds)
         self.set_throttle(config.throttle_rps, config.throttle_burst)
+
+    # Projects and clocks
+
+    def project(self, public_key: str | None = None) -> FakeProject:
+        """The project with this public key (KeyError when not served); None: the first."""
+        if public_key is None:
+            return next(iter(self.projects.values()))
+        try:
+            return self.projects[public_key]
+        except KeyError:
+            raise KeyError(f"the fake serves no project with public key {public_key!r}") from None
+
+    def _projects(self, public_key: str | None) -> Iterable[FakeProject]:
+        return self.projects.values() if public_key is None else (self.project(public_key),)
+
+    @property
+    def jobs(self) -> dict[tuple[Kind, int], FakeJob]:
+        """The first project's jobs (``project(key).jobs`` for another's)."""
+        return self.project().jobs
+
+    def now(self) -> float:
+        """The fake's wall clock: ``wall_clock() + clock_offset``, in Unix seconds."""
+        return self.config.wall_clock() + self.clock_offset
+
+    def set_clock_offset(self, seconds: float) -> None:
+        """Shifts the fake's wall clock (``Date`` headers and the 15-minute rule)."""
+        if not math.isfinite(seconds):
+            raise ValueError("the clock offset must be a finite number of seconds")
+        self.clock_offset = seconds
 
     # Jobs
 
@@ -299,6 +421,7 @@ class FakeUpstream:
         error: str | None = None,
         token: int | None = None,
         path: str | None = None,
+        project: str | None = None,
     ) -> int:
         """Creates a job as if converted now and returns its token.
 
@@ -306,8 +429,11 @@ class FakeUpstream:
         ``outcome``; ``math.inf`` keeps it going forever. ``pending_for`` (default 30% of
         the duration) is how long it says ``pending`` before ``processing``; 0 skips that.
         ``outcome`` ``"cancelled"`` forces that spelling. ``error`` replaces the sentence
-        a ``failed`` job reports. ``token`` picks the token (it must be unused).
+        a ``failed`` job reports. ``token`` picks the token (it must be unused in that
+        project; another project may hold the same number). ``project`` is the public key
+        of the project it belongs to (default: the first).
         """
+        owner = self.project(project)
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         if outcome not in ("finished", "failed", "canceled", "cancelled"):
@@ -319,6 +445,7 @@ class FakeUpstream:
         if not 0 <= pending_for <= duration:
             raise ValueError("need 0 <= pending_for <= duration")
         return self._new_job(
+            owner,
             kind,
             outcome=outcome,
             duration=duration,
@@ -328,14 +455,14 @@ class FakeUpstream:
             path=path,
         ).token
 
-    def job(self, kind: Kind, token: int) -> FakeJob:
-        return self.jobs[(kind, token)]
+    def job(self, kind: Kind, token: int, project: str | None = None) -> FakeJob:
+        return self.project(project).jobs[(kind, token)]
 
-    def status_of(self, kind: Kind, token: int) -> WireStatus:
+    def status_of(self, kind: Kind, token: int, project: str | None = None) -> WireStatus:
         """What a status request for this job would say now (KeyError when unknown)."""
-        return self.jobs[(kind, token)].status_at(self.clock())
+        return self.job(kind, token, project).status_at(self.clock())
 
-    def _random_job(self, kind: Kind, path: str) -> FakeJob:
+    def _random_job(self, owner: FakeProject, kind: Kind, path: str) -> FakeJob:
         duration = self._rng.uniform(self.config.min_duration, self.config.max_duration)
         pending_for = duration * self._rng.uniform(0.2, 0.5)
         draw = self._rng.random()
@@ -346,11 +473,12 @@ class FakeUpstream:
             spelled = self._rng.random() < self.config.cancelled_spelling
             outcome = "cancelled" if spelled else "canceled"
         return self._new_job(
-            kind, outcome=outcome, duration=duration, pending_for=pending_for, path=path
+            owner, kind, outcome=outcome, duration=duration, pending_for=pending_for, path=path
         )
 
     def _new_job(
         self,
+        owner: FakeProject,
         kind: Kind,
         *,
         outcome: Outcome,
@@ -361,8 +489,8 @@ class FakeUpstream:
         path: str | None = None,
     ) -> FakeJob:
         if token is None:
-            token = self._fresh_token()
-        elif token < 1 or token in self._tokens:
+            token = self._fresh_token(owner)
+        elif token < 1 or token in owner.tokens:
             raise ValueError(f"token {token} is invalid or already used")
         source_uuid = self._uuid()
         if path is None:
@@ -383,14 +511,14 @@ class FakeUpstream:
             error=(error or _FAILED_ERRORS[kind]) if outcome == "failed" else None,
             original_source=path,
         )
-        self.jobs[(kind, token)] = job
-        self._tokens.add(token)
+        owner.jobs[(kind, token)] = job
+        owner.tokens.add(token)
         return job
 
-    def _fresh_token(self) -> int:
-        while True:  # tokens are unique across kinds, like Uploadcare's
+    def _fresh_token(self, owner: FakeProject) -> int:
+        while True:  # tokens are unique across kinds within a project, like Uploadcare's
             token = self._rng.randint(10_000_000, 999_999_999)
-            if token not in self._tokens:
+            if token not in owner.tokens:
                 return token
 
     def _uuid(self) -> str:
@@ -411,18 +539,20 @@ class FakeUpstream:
         delay: float = 0.0,
         kind: Kind | None = None,
         token: int | None = None,
+        project: str | None = None,
     ) -> None:
         """Answers the next ``times`` status requests with ``status``, ahead of any check.
 
-        Queued answers are used first in, first out; one limited to ``kind`` and/or
-        ``token`` is skipped by requests it does not match. The body defaults to
-        Uploadcare's text for the status (``{"detail": ...}``; 503 plain text); ``detail``
-        replaces the text, ``body`` the whole body (a mapping is sent as JSON). For a 400
-        limited to a ``kind`` the default text names that kind's feature. ``retry_after``
-        becomes the ``Retry-After`` header (a 429 without it has none, to exercise the
-        client's default). ``delay`` waits that many real seconds before answering (for
-        timeouts; the handler is cancelled if the client gives up first). A 200 needs a
-        ``body``.
+        Queued answers are used first in, first out; one limited to ``kind``, ``token``
+        and/or ``project`` (the public key the request names) is skipped by requests it
+        does not match. The body defaults to Uploadcare's text for the status
+        (``{"detail": ...}``; 503 plain text); ``detail`` replaces the text, ``body`` the
+        whole body (a mapping is sent as JSON). For a 400 limited to a ``kind`` the default
+        text names that kind's feature. ``retry_after`` becomes the ``Retry-After`` header
+        (a 429 without it has none, to exercise the client's default). ``headers`` may
+        replace the ``Date`` and ``X-Uploadcare-Request-Id`` every answer gets. ``delay``
+        waits that many real seconds before answering (for timeouts; the handler is
+        cancelled if the client gives up first). A 200 needs a ``body``.
         """
         if times < 1:
             raise ValueError("times must be at least 1")
@@ -430,6 +560,8 @@ class FakeUpstream:
             raise ValueError("status must be an HTTP status code")
         if status == 200 and body is None:
             raise ValueError("a canned 200 needs a body")
+        if project is not None:
+            self.project(project)  # KeyError for a project the fake does not serve
         raw, default_type = self._canned_body(status, retry_after, detail, body, kind)
         extra = dict(headers or {})
         if retry_after is not None:
@@ -442,6 +574,7 @@ class FakeUpstream:
             delay=delay,
             kind=kind,
             token=token,
+            project=project,
         )
         self._canned.append(_Queued(canned, times))
 
@@ -452,6 +585,7 @@ class FakeUpstream:
         delay: float = 0.0,
         kind: Kind | None = None,
         token: int | None = None,
+        project: str | None = None,
     ) -> None:
         """Drops the connection of the next ``times`` status requests without an answer.
 
@@ -460,8 +594,17 @@ class FakeUpstream:
         """
         if times < 1:
             raise ValueError("times must be at least 1")
+        if project is not None:
+            self.project(project)
         canned = CannedResponse(
-            status=0, body=b"", content_type="", delay=delay, reset=True, kind=kind, token=token
+            status=0,
+            body=b"",
+            content_type="",
+            delay=delay,
+            reset=True,
+            kind=kind,
+            token=token,
+            project=project,
         )
         self._canned.append(_Queued(canned, times))
 
@@ -501,9 +644,11 @@ class FakeUpstream:
     def clear_responses(self) -> None:
         self._canned.clear()
 
-    def _take_canned(self, kind: str, token: int | None) -> CannedResponse | None:
+    def _take_canned(
+        self, kind: str, token: int | None, project: str | None
+    ) -> CannedResponse | None:
         for i, queued in enumerate(self._canned):
-            if queued.response.matches(kind, token):
+            if queued.response.matches(kind, token, project):
                 queued.remaining -= 1
                 if queued.remaining == 0:
                     del self._canned[i]
@@ -512,26 +657,33 @@ class FakeUpstream:
 
     # Live behaviour
 
-    def set_throttle(self, rps: float | None, burst: float | None = None) -> None:
-        """Throttles above ``rps`` requests per second (None: never). Starts with a full bucket."""
-        if rps is None:
-            self._bucket = None
-            return
-        if not rps > 0:
+    def set_throttle(
+        self, rps: float | None, burst: float | None = None, *, project: str | None = None
+    ) -> None:
+        """Throttles above ``rps`` requests per second (None: never), each project on its
+        own; only ``project``'s when given. Starts with a full bucket."""
+        if rps is not None and not rps > 0:
             raise ValueError("rps must be positive")
-        capacity = burst if burst is not None else max(1.0, rps)
-        self._bucket = _Bucket(rps, capacity, capacity, self.clock())
+        for owner in self._projects(project):
+            if rps is None:
+                owner.bucket = None
+            else:
+                capacity = burst if burst is not None else max(1.0, rps)
+                owner.bucket = _Bucket(rps, capacity, capacity, self.clock())
 
-    def set_disabled_kinds(self, kinds: frozenset[Kind]) -> None:
-        """Kinds whose requests answer 400 "... conversion feature is not available ..."."""
-        self._disabled = frozenset(kinds)
+    def set_disabled_kinds(self, kinds: Iterable[Kind], *, project: str | None = None) -> None:
+        """Kinds whose requests answer 400 "... conversion feature is not available ...",
+        in every project, or only in ``project``."""
+        for owner in self._projects(project):
+            owner.disabled = frozenset(kinds)
 
     # Request log
 
     def status_requests(
-        self, kind: str | None = None, token: int | None = None
+        self, kind: str | None = None, token: int | None = None, project: str | None = None
     ) -> list[RequestRecord]:
-        """Logged ``GET .../status/...`` requests, optionally for one kind and/or token."""
+        """Logged ``GET .../status/...`` requests, optionally for one kind, token and/or
+        project (public key)."""
         return [
             r
             for r in self.requests
@@ -539,6 +691,7 @@ class FakeUpstream:
             and "/status/" in r.path
             and (kind is None or r.kind == kind)
             and (token is None or r.token == token)
+            and (project is None or r.project == project)
         ]
 
     def clear_log(self) -> None:
@@ -572,6 +725,8 @@ class FakeUpstream:
                 status=status,
                 auth=scheme,
                 canned=canned,
+                project=self._named_project(request),
+                request_id=request_id(request),
             )
         )
         excess = len(self.requests) - self.config.request_log_limit
@@ -579,39 +734,55 @@ class FakeUpstream:
         if excess > self.config.request_log_limit // 10:
             del self.requests[:excess]
 
-    def _check(self, request: web.Request, body: bytes, kind: Kind) -> web.Response | None:
-        """The checks every API request goes through, in Uploadcare's (DRF's) order."""
+    def _named_project(self, request: web.Request) -> str | None:
+        """The public key in ``Authorization`` when it is a project's (checked or not)."""
+        _, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        public = credentials.strip().partition(":")[0]
+        return public if public in self.projects else None
+
+    def _check(self, request: web.Request, body: bytes, kind: Kind) -> FakeProject | web.Response:
+        """The checks every API request goes through, in Uploadcare's (DRF's) order: the
+        project the request is for, or the answer refusing it."""
         if not _accepts(request.headers.get("Accept", "")):
             return _detail(406, DETAIL_BAD_ACCEPT, content_type=JSON_TYPE)
-        problem = self._authenticate(request, body)
-        if problem is not None:
-            return _detail(401, problem, headers={"WWW-Authenticate": 'Uploadcare realm="api"'})
-        if self._bucket is not None:
-            wait = self._bucket.take(self.clock())
+        owner = self._authenticate(request, body)
+        if isinstance(owner, str):
+            return _detail(401, owner, headers={"WWW-Authenticate": 'Uploadcare realm="api"'})
+        if owner.bucket is not None:
+            wait = owner.bucket.take(self.clock())
             if wait is not None:
                 return _detail(429, _throttled_detail(wait), headers={"Retry-After": str(wait)})
-        if kind in self._disabled:
+        if kind in owner.disabled:
             return _detail(400, _feature_unavailable(kind))
-        return None
+        return owner
 
-    def _authenticate(self, request: web.Request, body: bytes) -> str | None:
-        """None when the credentials are right, else the 401 detail."""
+    def _authenticate(self, request: web.Request, body: bytes) -> FakeProject | str:
+        """The project whose keys the request carries, else the 401 detail."""
         header = request.headers.get("Authorization", "")
         scheme, _, credentials = header.partition(" ")
         public, sep, proof = credentials.strip().partition(":")
         if scheme not in ("Uploadcare", "Uploadcare.Simple") or not sep:
             return DETAIL_BAD_CREDENTIALS
-        if not hmac.compare_digest(public.encode(), self.config.public_key.encode()):
+        # Every public key is compared, so the time taken does not tell which one matched.
+        secret = None
+        for known, known_secret in self.config.keys.items():
+            if hmac.compare_digest(public.encode(), known.encode()):
+                secret = known_secret
+        if secret is None:
             return f"Public key {public} not found."
+        owner = self.projects[public]
         if scheme == "Uploadcare.Simple":
-            if hmac.compare_digest(proof.encode(), self.config.secret_key.encode()):
-                return None
+            if hmac.compare_digest(proof.encode(), secret.encode()):
+                return owner
             return DETAIL_SECRET_NOT_FOUND
         date = request.headers.get("Date")
-        if not date:
+        sent = _parse_date(date) if date else None
+        if date is None or sent is None:
             return DETAIL_BAD_CREDENTIALS
+        if abs(sent - self.now()) > DATE_TOLERANCE:
+            return DETAIL_DATE_SKEW
         expected = sign(
-            self.config.secret_key,
+            secret,
             request.method,
             body,
             request.headers.get("Content-Type", ""),
@@ -619,19 +790,21 @@ class FakeUpstream:
             request.raw_path,
         )
         if hmac.compare_digest(proof.encode(), expected.encode()):
-            return None
+            return owner
         return DETAIL_BAD_SIGNATURE
 
     async def handle_status(self, request: web.Request) -> web.StreamResponse:
         kind = _kind(request)
         raw_token = request.match_info["token"]
         token = int(raw_token) if raw_token.isascii() and raw_token.isdigit() else None
-        canned = self._take_canned(kind, token)
+        canned = self._take_canned(kind, token, self._named_project(request))
         if canned is not None:
             return await self._give_canned(request, canned, kind, token)
-        response = self._check(request, b"", kind)
-        if response is None:
-            job = self.jobs.get((kind, token)) if token is not None else None
+        checked = self._check(request, b"", kind)
+        if isinstance(checked, web.Response):
+            response = checked
+        else:
+            job = checked.jobs.get((kind, token)) if token is not None else None
             if job is None:
                 response = _detail(404, DETAIL_NOT_FOUND)
             else:
@@ -642,6 +815,11 @@ class FakeUpstream:
     async def _give_canned(
         self, request: web.Request, canned: CannedResponse, kind: str, token: int | None
     ) -> web.StreamResponse:
+        headers = dict(canned.headers)
+        request[_CANNED_HEADERS] = frozenset(name.lower() for name in headers)
+        for name, value in headers.items():
+            if name.lower() == REQUEST_ID_HEADER.lower():
+                request[_REQUEST_ID] = value  # the log shows the id the answer carries
         # Recorded on arrival: tests ask when requests came, and a delayed answer may
         # never be written if the client gives up first.
         status = None if canned.reset else canned.status
@@ -653,22 +831,22 @@ class FakeUpstream:
                 request.transport.abort()
             # Never reaches the client: the connection is gone.
             return web.Response(status=204)
-        response = web.Response(
-            status=canned.status, body=canned.body, headers=dict(canned.headers)
-        )
+        response = web.Response(status=canned.status, body=canned.body, headers=headers)
         response.content_type = canned.content_type
         return response
 
     async def handle_convert(self, request: web.Request) -> web.StreamResponse:
         kind = _kind(request)
         body = await request.read()
-        response = self._check(request, body, kind)
-        if response is None:
-            response = self._convert(kind, body)
+        checked = self._check(request, body, kind)
+        if isinstance(checked, web.Response):
+            response = checked
+        else:
+            response = self._convert(checked, kind, body)
         self._record(request, response.status, kind=kind, token=None)
         return response
 
-    def _convert(self, kind: Kind, body: bytes) -> web.Response:
+    def _convert(self, owner: FakeProject, kind: Kind, body: bytes) -> web.Response:
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
@@ -682,7 +860,7 @@ class FakeUpstream:
             if not isinstance(path, str) or not _starts_with_uuid(path):
                 problems[str(path)] = f'Bad path "{path}". Use "<uuid>/{kind}/-/format/<fmt>/".'
                 continue
-            job = self._random_job(kind, path)
+            job = self._random_job(owner, kind, path)
             entry: dict[str, Any] = {
                 "original_source": path,
                 "token": job.token,
@@ -693,8 +871,38 @@ class FakeUpstream:
             results.append(entry)
         return _json(200, {"result": results, "problems": problems}, content_type=JSON_TYPE)
 
+    async def stamp(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer's ``Date`` (the fake's clock) and ``X-Uploadcare-Request-Id``,
+        unless a canned answer set its own (``on_response_prepare``)."""
+        kept = request.get(_CANNED_HEADERS, frozenset())
+        if "date" not in kept:  # replaces aiohttp's own, which is the real time
+            response.headers["Date"] = formatdate(self.now(), usegmt=True)
+        if REQUEST_ID_HEADER.lower() not in kept:
+            response.headers[REQUEST_ID_HEADER] = request_id(request)
+
 
 # --- HTTP helpers ------------------------------------------------------------------------
+
+
+def request_id(request: web.Request) -> str:
+    """The ``X-Uploadcare-Request-Id`` of this request's answer: a fresh UUID4, made once."""
+    if _REQUEST_ID not in request:
+        request[_REQUEST_ID] = str(uuid.uuid4())
+    return request[_REQUEST_ID]
+
+
+def _parse_date(text: str) -> float | None:
+    """Unix seconds of an RFC 1123 (or RFC 2822) date; None when it is not one."""
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:  # "-0000": UTC, by RFC 2822
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    try:
+        return parsed.timestamp()
+    except (OverflowError, ValueError):
+        return None
 
 
 def _kind(request: web.Request) -> Kind:
@@ -744,6 +952,7 @@ def create_app(config: FakeConfig) -> web.Application:
     app = web.Application()
     fake = FakeUpstream(config)
     app[FAKE] = fake
+    app.on_response_prepare.append(fake.stamp)
     kinds = "|".join(KINDS)
     app.router.add_post(f"/convert/{{kind:{kinds}}}/", fake.handle_convert)
     app.router.add_get(f"/convert/{{kind:{kinds}}}/status/{{token}}/", fake.handle_status)
@@ -797,6 +1006,8 @@ async def serve(host: str, port: int, config: FakeConfig) -> None:
             "fake_upstream_listening",
             url=server.url,
             public_key=config.public_key,
+            public_keys=list(config.keys),
+            clock_offset=config.clock_offset,
             note="development tool: a stand-in for Uploadcare's conversion API, not Uploadcare",
         )
         await asyncio.Event().wait()
@@ -808,6 +1019,57 @@ def _duration(text: str) -> float:
         return parse_duration(text, allow_zero=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _offset(text: str) -> float:
+    """Signed seconds: ``-90``, ``+2.5``, or a duration with a sign (``-20m``, ``1h``)."""
+    stripped = text.strip()
+    sign = -1.0 if stripped.startswith("-") else 1.0
+    try:
+        return sign * parse_duration(stripped.lstrip("+-"), allow_zero=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"want signed seconds or a signed duration (-20m), not {text!r}: {exc}"
+        ) from None
+
+
+def parse_keys(text: str) -> dict[str, str]:
+    """``pub:secret[,pub:secret...]`` -> public -> secret, in order (ValueError when bad).
+
+    Messages never show a secret key: only the position of a bad pair, or a public key.
+    """
+    keys: dict[str, str] = {}
+    for number, item in enumerate(text.split(","), start=1):
+        public, sep, secret = item.strip().partition(":")
+        if not sep:
+            raise ValueError(f"pair {number} is not public_key:secret_key")
+        try:
+            _check_key_pair(public, secret)
+        except ValueError as exc:
+            raise ValueError(f"pair {number}: {exc}") from None
+        if public in keys:
+            raise ValueError(f"public key {public} is given twice")
+        keys[public] = secret
+    return keys
+
+
+def _keys(text: str) -> dict[str, str]:
+    try:
+        return parse_keys(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def project_keys(count: int) -> dict[str, str]:
+    """Demo keys for ``count`` projects: ``demopublickey:demosecretkey`` first (the fake's
+    defaults), then ``demopublickey2:demosecretkey2`` and so on."""
+    if count < 1:
+        raise ValueError("need at least one project")
+    return {
+        DEFAULT_PUBLIC_KEY + (str(n) if n > 1 else ""): DEFAULT_SECRET_KEY
+        + (str(n) if n > 1 else "")
+        for n in range(1, count + 1)
+    }
 
 
 def parse_odds(text: str) -> float:
@@ -842,12 +1104,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})"
     )
     parser.add_argument(
-        "--public-key", default=DEFAULT_PUBLIC_KEY, help="public key to accept (%(default)s)"
+        "--public-key",
+        default=None,
+        help=f"public key of the one project served (default {DEFAULT_PUBLIC_KEY})",
     )
     parser.add_argument(
         "--secret-key",
-        default=DEFAULT_SECRET_KEY,
-        help="secret key to accept, for both auth schemes (default: the demo key)",
+        default=None,
+        help="its secret key, for both auth schemes (default: the demo key)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=_keys,
+        default=None,
+        metavar="PUB:SECRET[,PUB:SECRET...]",
+        help="serve several projects, one per key pair, each with its own tokens and "
+        "throttle (instead of --public-key/--secret-key)",
+    )
+    parser.add_argument(
+        "--clock-offset",
+        type=_offset,
+        default=0.0,
+        metavar="SECONDS",
+        help="shift the fake's clock by this much (e.g. 1200 or --clock-offset=-20m): its "
+        "Date headers follow, and signed requests more than 15 minutes off it get 401 "
+        "(default 0)",
     )
     parser.add_argument(
         "--min-duration",
@@ -883,7 +1164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--throttle-rps",
         type=_positive,
         default=None,
-        help="answer 429 with Retry-After above this many requests per second (default: never)",
+        help="answer 429 with Retry-After above this many requests per second, counted "
+        "per project (default: never)",
     )
     parser.add_argument(
         "--throttle-burst",
@@ -896,16 +1178,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         choices=KINDS,
         default=[],
-        help="answer 400 'conversion feature is not available' for this kind (repeatable)",
+        help="answer 400 'conversion feature is not available' for this kind, in every "
+        "project (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible runs")
 
 
 def config_from_args(args: argparse.Namespace) -> FakeConfig:
     """A ``FakeConfig`` from the flags of ``add_arguments`` (ValueError when inconsistent)."""
+    keys: dict[str, str] | None = args.keys
+    if keys is None:
+        keys = {args.public_key or DEFAULT_PUBLIC_KEY: args.secret_key or DEFAULT_SECRET_KEY}
+    elif args.public_key is not None or args.secret_key is not None:
+        raise ValueError("give either --keys or --public-key/--secret-key, not both")
+    (public_key, secret_key), *extra = keys.items()
     return FakeConfig(
-        public_key=args.public_key,
-        secret_key=args.secret_key,
+        public_key=public_key,
+        secret_key=secret_key,
+        extra_keys=dict(extra),
+        clock_offset=args.clock_offset,
         min_duration=args.min_duration,
         max_duration=args.max_duration,
         failed_rate=args.failed_rate,

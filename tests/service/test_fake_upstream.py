@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import socket
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -22,6 +24,8 @@ from bridge.fake_upstream import (
     add_arguments,
     config_from_args,
     create_app,
+    parse_keys,
+    project_keys,
     run_from_args,
     running,
     serve,
@@ -110,6 +114,7 @@ def client_for(
     secret_key: str = SECRET,
     reports: list[str] | None = None,
     timeout: float = 5.0,
+    now: Callable[[], float] = time.time,
 ) -> UpstreamClient:
     def hook(code: str, _: float) -> None:
         if reports is not None:
@@ -124,28 +129,42 @@ def client_for(
         timeout=timeout,
         user_agent="uploadcare-bridge/test",
         on_request=hook,
+        now=now,
     )
 
 
-def signed_headers(path: str, body: bytes = b"", method: str = "GET") -> dict[str, str]:
-    date = formatdate(usegmt=True)
-    signature = sign(SECRET, method, body, "application/json", date, path)
+def signed_headers(
+    path: str,
+    body: bytes = b"",
+    method: str = "GET",
+    *,
+    public_key: str = PUBLIC,
+    secret_key: str = SECRET,
+    at: float | None = None,
+) -> dict[str, str]:
+    date = formatdate(at, usegmt=True)
+    signature = sign(secret_key, method, body, "application/json", date, path)
     return {
         "Accept": ACCEPT,
         "Content-Type": "application/json",
         "Date": date,
-        "Authorization": f"Uploadcare {PUBLIC}:{signature}",
+        "Authorization": f"Uploadcare {public_key}:{signature}",
     }
 
 
 async def convert(
-    session: aiohttp.ClientSession, server: RunningFake, kind: str, paths: Any
+    session: aiohttp.ClientSession,
+    server: RunningFake,
+    kind: str,
+    paths: Any,
+    *,
+    public_key: str = PUBLIC,
+    secret_key: str = SECRET,
 ) -> tuple[int, Any]:
     body = json.dumps({"paths": paths, "store": "1"}).encode()
     path = f"/convert/{kind}/"
-    async with session.post(
-        server.url + path, data=body, headers=signed_headers(path, body, "POST")
-    ) as response:
+    headers = signed_headers(path, body, "POST", public_key=public_key, secret_key=secret_key)
+    async with session.post(server.url + path, data=body, headers=headers) as response:
         return response.status, await response.json(content_type=None)
 
 
@@ -602,6 +621,320 @@ async def test_request_log_is_bounded(
     assert log[-1].token == 30 and [r.token for r in log] == sorted(r.token or 0 for r in log)
 
 
+# --- Several projects ----------------------------------------------------------------------
+
+STAGING = "stagingpublickey"
+STAGING_SECRET = "stagingsecretkey"
+
+
+@pytest.fixture
+async def two_projects(start_fake: ServerFactory) -> RunningFake:
+    started: RunningFake = await start_fake(extra_keys={STAGING: STAGING_SECRET})
+    return started
+
+
+def staging_client(
+    session: aiohttp.ClientSession, server: RunningFake, **options: Any
+) -> UpstreamClient:
+    return client_for(session, server, public_key=STAGING, secret_key=STAGING_SECRET, **options)
+
+
+async def test_each_project_has_its_own_token_space(
+    session: aiohttp.ClientSession, two_projects: RunningFake
+) -> None:
+    fake = two_projects.fake
+    assert list(fake.projects) == [PUBLIC, STAGING]
+    token = fake.add_job("video", outcome="finished", duration=0)
+    # The same number in the other project is another conversion, with another outcome.
+    assert fake.add_job("video", outcome="failed", duration=0, token=token, project=STAGING)
+    only_first = fake.add_job("document", duration=0)
+    only_staging = fake.add_job("document", duration=0, project=STAGING)
+    production, staging = client_for(session, two_projects), staging_client(session, two_projects)
+
+    got = await production.status("video", token)
+    assert isinstance(got, Status) and got.status == "finished"
+    got = await staging.status("video", token)
+    assert isinstance(got, Status) and got.status == "failed" and got.error
+    assert await staging.status("document", only_first) == NotFound()
+    assert await production.status("document", only_staging) == NotFound()
+
+    assert fake.jobs is fake.project().jobs is fake.projects[PUBLIC].jobs
+    assert fake.job("video", token).outcome == "finished"
+    assert fake.job("video", token, project=STAGING).outcome == "failed"
+    assert fake.status_of("document", only_staging, project=STAGING) == "finished"
+    with pytest.raises(KeyError):
+        fake.status_of("document", only_staging)
+    assert [(r.project, r.status) for r in fake.status_requests(token=token)] == [
+        (PUBLIC, 200),
+        (STAGING, 200),
+    ]
+    assert [r.token for r in fake.status_requests(project=STAGING)] == [token, only_first]
+
+
+async def test_a_conversion_lands_in_the_project_whose_keys_asked(
+    session: aiohttp.ClientSession, two_projects: RunningFake
+) -> None:
+    status, body = await convert(
+        session, two_projects, "video", [VIDEO_PATH], public_key=STAGING, secret_key=STAGING_SECRET
+    )
+    assert status == 200
+    token = body["result"][0]["token"]
+    fake = two_projects.fake
+    assert fake.jobs == {} and list(fake.project(STAGING).jobs) == [("video", token)]
+    assert isinstance(await staging_client(session, two_projects).status("video", token), Status)
+    assert await client_for(session, two_projects).status("video", token) == NotFound()
+
+
+@pytest.mark.parametrize(
+    ("auth", "public_key", "secret_key", "detail"),
+    [
+        ("signed", STAGING, SECRET, "Invalid signature. Please check your Secret key."),
+        ("signed", PUBLIC, STAGING_SECRET, "Invalid signature. Please check your Secret key."),
+        ("simple", STAGING, SECRET, "Secret key not found."),
+        ("simple", PUBLIC, STAGING_SECRET, "Secret key not found."),
+        ("signed", STAGING, STAGING_SECRET, None),
+        ("simple", STAGING, STAGING_SECRET, None),
+    ],
+)
+async def test_auth_is_checked_per_key_pair(
+    session: aiohttp.ClientSession,
+    two_projects: RunningFake,
+    auth: str,
+    public_key: str,
+    secret_key: str,
+    detail: str | None,
+) -> None:
+    token = two_projects.fake.add_job("video", project=public_key)
+    client = client_for(
+        session, two_projects, auth=auth, public_key=public_key, secret_key=secret_key
+    )
+    got = await client.status("video", token)
+    if detail is None:
+        assert isinstance(got, Status)
+    else:
+        assert got == Rejected(401, detail)
+    [record] = two_projects.fake.requests
+    assert record.project == public_key  # the project it named, checked or not
+
+
+async def test_each_project_has_its_own_throttle(
+    session: aiohttp.ClientSession, start_fake: ServerFactory, manual_clock: ManualClock
+) -> None:
+    server = await start_fake(
+        extra_keys={STAGING: STAGING_SECRET}, throttle_rps=0.5, throttle_burst=1
+    )
+    fake = server.fake
+    token = fake.add_job("video")
+    staged = fake.add_job("video", project=STAGING)
+    production, staging = client_for(session, server), staging_client(session, server)
+    assert isinstance(await production.status("video", token), Status)
+    assert await production.status("video", token) == Throttled(2.0)
+    # The other project's bucket is untouched by the first one's traffic.
+    assert isinstance(await staging.status("video", staged), Status)
+    assert await staging.status("video", staged) == Throttled(2.0)
+    # Live changes can address one project.
+    fake.set_throttle(None, project=STAGING)
+    assert isinstance(await staging.status("video", staged), Status)
+    assert await production.status("video", token) == Throttled(2.0)
+    manual_clock.advance(2)
+    assert isinstance(await production.status("video", token), Status)
+    assert [(r.project, r.status) for r in fake.requests] == [
+        (PUBLIC, 200),
+        (PUBLIC, 429),
+        (STAGING, 200),
+        (STAGING, 429),
+        (STAGING, 200),
+        (PUBLIC, 429),
+        (PUBLIC, 200),
+    ]
+
+
+async def test_disabled_kinds_and_canned_answers_can_target_a_project(
+    session: aiohttp.ClientSession, two_projects: RunningFake
+) -> None:
+    fake = two_projects.fake
+    video = fake.add_job("video")
+    staged = fake.add_job("video", project=STAGING)
+    production, staging = client_for(session, two_projects), staging_client(session, two_projects)
+    fake.set_disabled_kinds({"video"}, project=STAGING)
+    assert isinstance(await production.status("video", video), Status)
+    assert await staging.status("video", staged) == Rejected(
+        400, "Video conversion feature is not available for this project.", "video"
+    )
+    fake.set_disabled_kinds(set())  # every project
+    fake.respond_next(503, project=STAGING)
+    assert isinstance(await production.status("video", video), Status)
+    assert await staging.status("video", staged) == Transient("http 503")
+    assert fake.queued_responses == 0
+    with pytest.raises(KeyError):
+        fake.respond_next(503, project="nobody")
+    with pytest.raises(KeyError):
+        fake.add_job("video", project="nobody")
+
+
+async def test_a_public_key_of_no_project_is_refused(
+    session: aiohttp.ClientSession, two_projects: RunningFake
+) -> None:
+    client = client_for(session, two_projects, public_key="prodpublickey2")
+    assert await client.status("video", 1) == Rejected(401, "Public key prodpublickey2 not found.")
+    [record] = two_projects.fake.requests
+    assert record.project is None
+
+
+# --- Date, request ids and the clock -------------------------------------------------------
+
+
+class WallClock(ManualClock):
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+
+@pytest.fixture
+def wall() -> WallClock:
+    return WallClock()
+
+
+def answer_date(response: aiohttp.ClientResponse) -> float:
+    return parsedate_to_datetime(response.headers["Date"]).timestamp()
+
+
+async def test_every_answer_carries_date_and_a_fresh_request_id(
+    session: aiohttp.ClientSession, start_fake: ServerFactory, wall: WallClock
+) -> None:
+    server = await start_fake(wall_clock=wall, throttle_rps=0.5, throttle_burst=2)
+    fake = server.fake
+    token = fake.add_job("video")
+    status = f"/convert/video/status/{token}/"
+    fake.respond_next(503, token=token + 1)
+    requests: list[tuple[str, str, dict[str, str]]] = [
+        ("GET", status, signed_headers(status, at=wall.now)),  # 200
+        ("GET", "/convert/video/status/1/", signed_headers("/convert/video/status/1/")),  # 404
+        ("GET", status, {"Accept": ACCEPT}),  # 401
+        ("GET", status, {"Accept": "application/json"}),  # 406
+        ("GET", status, signed_headers(status)),  # 429
+        ("GET", f"/convert/video/status/{token + 1}/", {}),  # canned 503
+        ("POST", "/convert/video/", {"Accept": ACCEPT}),  # 401
+        ("GET", "/files/", {}),  # a route the fake does not serve: aiohttp's 404
+    ]
+    seen: list[tuple[int, str]] = []
+    for method, path, headers in requests:
+        wall.advance(7)
+        async with session.request(method, server.url + path, headers=headers) as response:
+            assert answer_date(response) == wall.now, response.headers["Date"]
+            assert response.headers["Date"].endswith(" GMT")
+            request_id = response.headers["X-Uploadcare-Request-Id"]
+            assert uuid.UUID(request_id).version == 4
+            seen.append((response.status, request_id))
+    assert [code for code, _ in seen] == [200, 404, 401, 406, 429, 503, 401, 404]
+    assert len({rid for _, rid in seen}) == len(seen)
+    # The log carries the id of each answer (the unserved route is not logged).
+    assert [(r.status, r.request_id) for r in fake.requests] == seen[:-1]
+
+
+async def test_a_canned_answer_may_set_its_own_date_and_request_id(
+    session: aiohttp.ClientSession, server: RunningFake
+) -> None:
+    headers = {"Date": "Mon, 05 Nov 2018 13:14:41 GMT", "X-Uploadcare-Request-Id": "req-1"}
+    server.fake.respond_next(401, headers=headers)
+    path = "/convert/video/status/1/"
+    async with session.get(server.url + path, headers=signed_headers(path)) as response:
+        assert {k: response.headers[k] for k in headers} == headers
+    [record] = server.fake.requests
+    assert record.request_id == "req-1"
+
+
+@pytest.mark.parametrize(
+    ("off_by", "accepted"),
+    [(0, True), (899, True), (-899, True), (900, True), (-900, True), (901, False), (-901, False)],
+)
+async def test_a_signed_date_must_be_within_15_minutes(
+    session: aiohttp.ClientSession,
+    start_fake: ServerFactory,
+    wall: WallClock,
+    off_by: int,
+    accepted: bool,
+) -> None:
+    server = await start_fake(wall_clock=wall)
+    token = server.fake.add_job("video")
+    client = client_for(session, server, now=lambda: wall.now + off_by)
+    got = await client.status("video", token)
+    if accepted:
+        assert isinstance(got, Status)
+    else:
+        assert got == Rejected(401, "Date should be within 0:15:00 of our server time")
+    # Simple auth carries no date to check.
+    assert isinstance(
+        await client_for(session, server, auth="simple").status("video", token), Status
+    )
+
+
+@pytest.mark.parametrize(
+    "date", ["yesterday", "Mon, 99 Nov 2018 13:14:41 GMT", "Tue, 30 Apr 2024 12:30:58 GMT"]
+)
+async def test_a_signed_date_that_is_no_date_or_long_past_is_refused(
+    session: aiohttp.ClientSession, server: RunningFake, date: str
+) -> None:
+    token = server.fake.add_job("video")
+    path = f"/convert/video/status/{token}/"
+    headers = signed_headers(path)
+    headers["Date"] = date
+    headers["Authorization"] = (
+        f"Uploadcare {PUBLIC}:{sign(SECRET, 'GET', b'', 'application/json', date, path)}"
+    )
+    async with session.get(server.url + path, headers=headers) as response:
+        assert response.status == 401
+        detail = (await response.json(content_type=None))["detail"]
+    past = date.endswith("2024 12:30:58 GMT")
+    assert detail == (
+        "Date should be within 0:15:00 of our server time"
+        if past
+        else "Incorrect authentication credentials."
+    )
+
+
+@pytest.mark.parametrize("offset", [1200.0, -1200.0])
+async def test_the_clock_offset_makes_the_callers_clock_look_skewed(
+    session: aiohttp.ClientSession, start_fake: ServerFactory, wall: WallClock, offset: float
+) -> None:
+    server = await start_fake(wall_clock=wall, clock_offset=offset)
+    fake = server.fake
+    assert fake.now() == wall.now + offset
+    token = fake.add_job("video")
+    client = client_for(session, server, now=wall)  # the caller's clock is the true one
+    assert await client.status("video", token) == Rejected(
+        401, "Date should be within 0:15:00 of our server time"
+    )
+    path = f"/convert/video/status/{token}/"
+    async with session.get(server.url + path, headers=signed_headers(path, at=wall.now)) as r:
+        assert r.status == 401
+        assert answer_date(r) == wall.now + offset  # what the caller can measure skew from
+    # A caller whose clock agrees with the fake's is served.
+    assert isinstance(
+        await client_for(session, server, now=fake.now).status("video", token), Status
+    )
+    fake.set_clock_offset(offset / 2)  # 10 minutes: within the rule
+    assert isinstance(await client.status("video", token), Status)
+    with pytest.raises(ValueError):
+        fake.set_clock_offset(float("inf"))
+
+
+def test_projects_and_clock_are_validated() -> None:
+    for bad in (
+        {"extra_keys": {PUBLIC: "other"}},
+        {"extra_keys": {"": "x"}},
+        {"extra_keys": {"a:b": "x"}},
+        {"extra_keys": {"ok": ""}},
+        {"extra_keys": {"ok": "has space"}},
+        {"public_key": ""},
+        {"clock_offset": float("nan")},
+    ):
+        with pytest.raises(ValueError) as caught:
+            FakeConfig(**bad)
+        assert "has space" not in str(caught.value)
+    config = FakeConfig(extra_keys={"b": "sb", "a": "sa"}, clock_offset=-30)
+    assert config.keys == {PUBLIC: SECRET, "b": "sb", "a": "sa"}
+
+
 # --- Running it ----------------------------------------------------------------------------
 
 
@@ -676,3 +1009,51 @@ async def test_serve_listens_until_cancelled(session: aiohttp.ClientSession) -> 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert status == 401
+
+
+def test_keys_serve_several_projects() -> None:
+    config = config_from_args(parse("--keys", "pa:sa, pb:sb,pc:s:c", "--clock-offset=-20m"))
+    assert (config.public_key, config.secret_key) == ("pa", "sa")
+    assert config.extra_keys == {"pb": "sb", "pc": "s:c"}
+    assert config.keys == {"pa": "sa", "pb": "sb", "pc": "s:c"}
+    assert config.clock_offset == -1200.0
+    assert config_from_args(parse("--keys=only:one")).keys == {"only": "one"}
+    for given, seconds in (("1200", 1200.0), ("+90", 90.0), ("2.5", 2.5), ("-1h", -3600.0)):
+        assert config_from_args(parse(f"--clock-offset={given}")).clock_offset == seconds
+    assert config_from_args(parse("--clock-offset", "-90")).clock_offset == -90.0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--keys=pa"],
+        ["--keys=pa:sa,pa:sb"],
+        ["--keys=pa:sa,"],
+        ["--keys=pa:topsecret value"],
+        ["--clock-offset=soon"],
+        ["--clock-offset=inf"],
+    ],
+)
+def test_bad_keys_and_offsets_are_refused(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse(*argv)
+    assert "topsecret" not in capsys.readouterr().err
+
+
+def test_keys_and_a_single_key_pair_do_not_mix() -> None:
+    assert run_from_args(parse("--keys=pa:sa", "--public-key=p")) == 2
+    assert run_from_args(parse("--keys=pa:sa", "--secret-key=s")) == 2
+
+
+def test_project_keys_for_demos() -> None:
+    assert project_keys(1) == {PUBLIC: SECRET}
+    assert project_keys(3) == {
+        PUBLIC: SECRET,
+        PUBLIC + "2": SECRET + "2",
+        PUBLIC + "3": SECRET + "3",
+    }
+    with pytest.raises(ValueError):
+        project_keys(0)
+    assert parse_keys(",".join(f"{p}:{s}" for p, s in project_keys(2).items())) == project_keys(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,14 @@ from typing import Any
 import pytest
 
 from bridge.dburl import describe
-from bridge.settings import Settings, SettingsError, load, parse_duration, settings_vars
+from bridge.settings import (
+    Settings,
+    SettingsError,
+    add_serve_flags,
+    load,
+    parse_duration,
+    settings_vars,
+)
 from bridge.store.postgres_driver import describe_dsn
 
 
@@ -191,6 +199,23 @@ def test_allow_network_with_host_bits_is_a_bad_value(text: str, meant: str) -> N
 
 EVERY_VAR = [var.env for var in settings_vars()]
 SECRET_VARS = [var.env for var in settings_vars() if var.secret]
+
+
+@pytest.mark.parametrize("var", settings_vars(), ids=lambda v: v.env)
+def test_every_variable_has_a_help_sentence(var: Any) -> None:
+    # `serve --help` shows it; one that only repeats the variable's name tells nobody anything.
+    words = var.help.split()
+    assert len(words) >= 4 and var.env not in var.help, var.help
+    assert "\n" not in var.help
+
+
+def test_serve_help_shows_each_flags_sentence() -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_flags(parser)
+    text = " ".join(parser.format_help().split())
+    for var in settings_vars():
+        if not var.secret:
+            assert " ".join(var.help.split()) in text, var.env
 
 
 @pytest.mark.parametrize("value", ["", " ", "\t\n"])
