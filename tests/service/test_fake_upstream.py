@@ -111,7 +111,7 @@ def client_for(
     reports: list[str] | None = None,
     timeout: float = 5.0,
 ) -> UpstreamClient:
-    def hook(code: str, _: float) -> None:
+    def hook(code: str, _: float, __: str) -> None:
         if reports is not None:
             reports.append(code)
 
