@@ -277,17 +277,6 @@ def skew_sentence(skew: float) -> str:
     return f"this host is {round(abs(skew))} s {side} Uploadcare"
 
 
-def _proxy_parts(proxy: str | None) -> tuple[URL | None, dict[str, str] | None]:
-    """The proxy URL without its user-info, and the ``Proxy-Authorization`` it stood for."""
-    if proxy is None:
-        return None, None
-    url = URL(proxy)
-    if url.user is None:
-        return url, None
-    auth = aiohttp.encode_basic_auth(url.user, url.password or "")
-    return url.with_user(None), {"Proxy-Authorization": auth}
-
-
 def parse_status_body(body: bytes) -> Status | Garbage:
     """A 200 body as ``Status``, or ``Garbage`` saying what is wrong with it."""
     try:
@@ -494,7 +483,6 @@ class UpstreamClient:
         "_on_request",
         "_project",
         "_proxy",
-        "_proxy_headers",
         "_public_key",
         "_retry",
         "_secret_key",
@@ -540,7 +528,10 @@ class UpstreamClient:
         self._on_clock_skew = on_clock_skew
         self._skew: float | None = None
         self._skew_warned = False
-        self._proxy, self._proxy_headers = _proxy_parts(proxy)
+        # aiohttp turns the URL's user-info into Proxy-Authorization: on each request to
+        # an http:// upstream, on the CONNECT to an https:// one (where proxy_headers would
+        # reach only the CONNECT, and not a plain request at all).
+        self._proxy = URL(proxy) if proxy is not None else None
         self._retry = RetryClient(
             client_session=session,
             retry_options=ExponentialRetry(
@@ -645,7 +636,6 @@ class UpstreamClient:
             allow_redirects=False,
             middlewares=(attempts.middleware,),
             proxy=self._proxy,
-            proxy_headers=self._proxy_headers,
         ) as response:
             try:
                 body = await _read_limited(response, MAX_BODY_BYTES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import platform
@@ -710,7 +711,7 @@ async def test_answers_carry_their_request_id(
     )
     got = await observe(harness, scripted, tagged)
     assert not isinstance(got, Status)
-    assert got.request_id == "r-1"  # type: ignore[union-attr]
+    assert got.request_id == "r-1"
     untagged = await observe(harness, scripted, answer)
     assert untagged.request_id is None  # type: ignore[union-attr]
 
@@ -752,3 +753,36 @@ async def test_a_request_id_is_cleaned_for_the_logs(harness: Harness) -> None:
 )
 def test_request_id_of(value: str | None, expected: str | None) -> None:
     assert request_id_of(value) == expected
+
+
+# --- The egress proxy, for an https upstream ---------------------------------------------------
+
+
+async def test_an_https_upstream_is_tunnelled_through_the_proxy_with_its_credentials(
+    harness: Harness,
+) -> None:
+    """Uploadcare is https: the client asks the proxy to CONNECT, with Proxy-Authorization
+    from the proxy URL's user-info. This proxy refuses, which is a transient failure (the
+    tunnel's other end is never dialled: the name resolves nowhere)."""
+    asked: list[bytes] = []
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        client = harness.client(
+            "https://uploadcare.invalid", proxy=f"http://egress:p%40ss@127.0.0.1:{port}"
+        )
+        got = await client.status("video", 1)
+    assert isinstance(got, Transient) and got.reason.startswith("connection error")
+    [request] = asked
+    head, *lines = request.decode().split("\r\n")
+    assert head == "CONNECT uploadcare.invalid:443 HTTP/1.1"
+    headers = dict(line.split(": ", 1) for line in lines if line)
+    assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"egress:p@ss").decode()
+    assert SECRET not in request.decode()  # the signed request never left the tunnel
