@@ -14,7 +14,7 @@ from aiohttp import web
 
 from bridge import api, keys
 from bridge.auth import Authenticator
-from bridge.delivery import USER_AGENT, Deliverer, callback_session
+from bridge.delivery import Deliverer, callback_session
 from bridge.logs import redactor
 from bridge.metrics import Metrics
 from bridge.netpolicy import NetworkPolicy
@@ -99,13 +99,13 @@ async def open_scheduler(
     ``run_once`` on a virtual clock passed as both ``clock`` and ``monotonic``.
     """
 
-    def on_request(code: str, seconds: float) -> None:
-        metrics.upstream_requests.labels(code).inc()
-        metrics.upstream_duration.observe(seconds)
-
     limiter = RateLimiter(settings.upstream_rps, clock=monotonic)
+    project = "default"
+    metrics.add_project(project)
     async with (
-        aiohttp.ClientSession() as upstream_session,
+        # trust_env stays False: no proxy from HTTP(S)_PROXY; BRIDGE_UPSTREAM_PROXY only,
+        # for upstream requests only (the callback session refuses every proxy).
+        aiohttp.ClientSession(trust_env=False) as upstream_session,
         callback_session(policy, settings.callback_concurrency) as callbacks,
     ):
         upstream = UpstreamClient(
@@ -115,9 +115,11 @@ async def open_scheduler(
             secret_key=settings.uploadcare_secret_key,
             auth="simple" if settings.upstream_auth == "simple" else "signed",
             timeout=settings.upstream_timeout,
-            user_agent=USER_AGENT,
-            on_request=on_request,
+            on_request=metrics.upstream_request,
+            on_clock_skew=metrics.clock_skew,
             before_retry=retry_gate(pauses, limiter),
+            project=project,
+            proxy=settings.upstream_proxy,
         )
         yield Scheduler(
             settings=settings,

@@ -15,6 +15,9 @@ from prometheus_client.exposition import generate_latest
 
 from bridge import __version__
 from bridge.model import KINDS, OUTCOMES, STATES
+from bridge.polldecision import CLOCK_SKEW_REASON
+
+DEFAULT_PROJECT = "default"
 
 # Upstream answers in tens of milliseconds to seconds; callbacks up to the 15 s timeout.
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
@@ -23,6 +26,11 @@ _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 CALLBACK_RESULTS = ("success", "http_error", "timeout", "connection_error", "blocked")
+
+
+def paused_label(reason: str) -> str:
+    """The ``reason`` label of ``bridge_upstream_paused`` for a pause's reason."""
+    return CLOCK_SKEW_REASON if reason.startswith(CLOCK_SKEW_REASON) else reason
 
 
 class Metrics:
@@ -51,7 +59,7 @@ class Metrics:
         self.upstream_requests = Counter(
             "bridge_upstream_requests",
             "HTTP requests sent to Uploadcare, by status code, 'timeout' or 'error'.",
-            ["code"],
+            ["code", "project"],
             registry=r,
         )
         self.upstream_duration = Histogram(
@@ -61,13 +69,19 @@ class Metrics:
             registry=r,
         )
         self.upstream_throttled = Counter(
-            "bridge_upstream_throttled", "429 answers from Uploadcare.", registry=r
+            "bridge_upstream_throttled", "429 answers from Uploadcare.", ["project"], registry=r
         )
-        self._paused_reasons: set[str] = set()
+        self._paused_reasons: dict[str, set[str]] = {}  # project -> labels ever set
         self.upstream_paused = Gauge(
             "bridge_upstream_paused",
             "1 while polling is paused for that reason.",
-            ["reason"],
+            ["reason", "project"],
+            registry=r,
+        )
+        self.upstream_clock_skew = Gauge(
+            "bridge_upstream_clock_skew_seconds",
+            "Uploadcare's clock minus this host's, from the last answer's Date.",
+            ["project"],
             registry=r,
         )
         self.callback_attempts = Counter(
@@ -139,13 +153,32 @@ class Metrics:
         for state in STATES:
             self.jobs.labels(state).set(counts.get(state, 0))
 
-    def set_paused(self, reasons: set[str]) -> None:
-        """1 for each reason polling is paused for; a reason that ended stays, at 0."""
-        for reason in self._paused_reasons - reasons:
-            self.upstream_paused.labels(reason).set(0)
-        for reason in reasons:
-            self.upstream_paused.labels(reason).set(1)
-        self._paused_reasons |= reasons
+    def add_project(self, project: str) -> None:
+        """A project polled by this process: its counters start at zero."""
+        self.upstream_throttled.labels(project)
+
+    def upstream_request(self, code: str, seconds: float, project: str) -> None:
+        """``UpstreamClient``'s ``on_request`` hook: one HTTP request sent upstream."""
+        self.upstream_requests.labels(code, project).inc()
+        self.upstream_duration.observe(seconds)
+        if code == "429":
+            self.upstream_throttled.labels(project).inc()
+
+    def clock_skew(self, project: str, seconds: float) -> None:
+        """``UpstreamClient``'s ``on_clock_skew`` hook."""
+        self.upstream_clock_skew.labels(project).set(seconds)
+
+    def set_paused(self, reasons: set[str], project: str = DEFAULT_PROJECT) -> None:
+        """1 for each reason ``project``'s polling is paused for; a reason that ended stays,
+        at 0. A clock-skew reason is labelled ``clock skew`` alone: its size would make a
+        new label value at every change."""
+        labels = {paused_label(reason) for reason in reasons}
+        seen = self._paused_reasons.setdefault(project, set())
+        for label in seen - labels:
+            self.upstream_paused.labels(label, project).set(0)
+        for label in labels:
+            self.upstream_paused.labels(label, project).set(1)
+        seen |= labels
 
     def set_backlog(self, backlog: dict[str, tuple[int, float | None]], now: float) -> None:
         for work in ("poll", "delivery"):

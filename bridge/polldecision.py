@@ -20,12 +20,32 @@ from bridge.model import (
     compact_json,
 )
 from bridge.pacing import Pause, TakePause
-from bridge.upstream import Garbage, NotFound, Observation, Rejected, Status, Throttled, Transient
+from bridge.upstream import (
+    Garbage,
+    NotFound,
+    Observation,
+    Rejected,
+    Status,
+    Throttled,
+    Transient,
+    skew_sentence,
+)
 
 # Pause keys: the 429 pause, and the rejection pauses (everyone's, or one kind's).
 THROTTLED_KEY = "throttled"
 THROTTLED_REASON = "throttled (429)"
 REJECTED_KEY = "rejected"
+# A 401 to a request signed with a Date this far off is the clock's fault, not the keys'
+# (Uploadcare refuses a Date more than about 15 minutes off; SPEC says over 5 minutes).
+CLOCK_SKEW_LIMIT = 300.0
+# The reason starts with this; the pause metric's label is this alone (no label value
+# varies with the size of the skew).
+CLOCK_SKEW_REASON = "clock skew"
+
+
+def clock_skew_reason(skew: float) -> str:
+    """``clock skew (this host is N s behind Uploadcare)`` (or ``ahead of``)."""
+    return f"{CLOCK_SKEW_REASON} ({skew_sentence(skew)})"
 
 
 def rejected_key(kind: str | None) -> str:
@@ -72,22 +92,40 @@ class NotFoundSeen:
     """``upstream_not_found``: the ``misses``-th 404 in a row."""
 
     misses: int
+    request_id: str | None = None  # the answer's X-Uploadcare-Request-Id (every event here)
 
 
 @dataclass(frozen=True, slots=True)
 class ThrottledSeen:
-    """``upstream_throttled`` and ``bridge_upstream_throttled_total``: a 429."""
+    """``upstream_throttled``: a 429 (``bridge_upstream_throttled_total`` counts it as
+    the request's hook sees its code)."""
 
     retry_after: float
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Paused:
-    """``upstream_paused``: a rejection began a pause of ``pause_s`` seconds."""
+    """``upstream_paused``: a rejection began a pause of ``pause_s`` seconds.
+
+    ``skew`` is set when the pause is for clock skew (a 401 to a request whose ``Date``
+    was more than ``CLOCK_SKEW_LIMIT`` off): the log then says to fix the clock, not the keys.
+    """
 
     reason: str
     detail: str
     pause_s: float
+    request_id: str | None = None
+    skew: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedAgain:
+    """``upstream_rejected``: a rejection while its pause is in force (a request that was
+    in flight when it began); logged for its request id, no new pause."""
+
+    code: int
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +134,12 @@ class PollFailed:
 
     reason: str
     failures: int
+    request_id: str | None = None
 
 
-PollEvent: TypeAlias = StatusChanged | Resumed | NotFoundSeen | ThrottledSeen | Paused | PollFailed
+PollEvent: TypeAlias = (
+    StatusChanged | Resumed | NotFoundSeen | ThrottledSeen | Paused | RejectedAgain | PollFailed
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +222,14 @@ def decide_poll(
             outcome="not_found" if gone else None,
             outcome_error=NOT_FOUND_ERROR if gone else None,
         )
-        return PollDecision(record, events=(NotFoundSeen(misses),))
+        return PollDecision(record, events=(NotFoundSeen(misses, obs.request_id),))
     if isinstance(obs, Throttled):
         until = now + obs.retry_after
         slack = pollplan.jittered(pollplan.THROTTLE_SLACK, 1.0, rand)
         return PollDecision(
             PollRecord(**base, next_poll_at=until + slack),
             take=TakePause(THROTTLED_KEY, THROTTLED_REASON, until),
-            events=(ThrottledSeen(obs.retry_after),),
+            events=(ThrottledSeen(obs.retry_after, obs.request_id),),
         )
     if isinstance(obs, Rejected):
         return _rejected(obs, base, now, pauses)
@@ -200,13 +241,17 @@ def decide_poll(
             **{**base, "failures": failures},
             next_poll_at=now + pollplan.jittered(delay, pollplan.POLL_JITTER, rand),
         ),
-        events=(PollFailed(obs.reason, failures),),
+        events=(PollFailed(obs.reason, failures, obs.request_id),),
     )
 
 
 def _rejected(obs: Rejected, base: dict[str, Any], now: float, pauses: PauseView) -> PollDecision:
     key = rejected_key(obs.kind)
-    if obs.kind is not None:
+    skewed = obs.code == 401 and obs.skew is not None and abs(obs.skew) > CLOCK_SKEW_LIMIT
+    if skewed:
+        assert obs.skew is not None
+        reason = clock_skew_reason(obs.skew)
+    elif obs.kind is not None:
         reason = f"{obs.kind} conversion refused ({obs.code})"
     elif obs.code in (401, 403):
         reason = f"credentials rejected ({obs.code})"
@@ -216,12 +261,15 @@ def _rejected(obs: Rejected, base: dict[str, Any], now: float, pauses: PauseView
     if current is not None and current.until > now:
         # Requests that were in flight when the pause began: the same episode, not a reason
         # to pause longer.
-        return PollDecision(PollRecord(**base, next_poll_at=current.until))
+        return PollDecision(
+            PollRecord(**base, next_poll_at=current.until),
+            events=(RejectedAgain(obs.code, obs.request_id),),
+        )
     rejections = pauses.rejections(key) + 1
     pause = pollplan.pause_backoff(rejections)
     until = now + pause
     return PollDecision(
         PollRecord(**base, next_poll_at=until),
         take=TakePause(key, reason, until, obs.kind, rejections),
-        events=(Paused(reason, obs.detail, pause),),
+        events=(Paused(reason, obs.detail, pause, obs.request_id, obs.skew if skewed else None),),
     )

@@ -35,6 +35,7 @@ from bridge.polldecision import (
     Paused,
     PollBounds,
     PollEvent,
+    RejectedAgain,
     Resumed,
     StatusChanged,
     ThrottledSeen,
@@ -70,6 +71,11 @@ PAUSED_MESSAGE = (
     "Uploadcare refused the bridge's requests; check UPLOADCARE_PUBLIC_KEY, "
     "UPLOADCARE_SECRET_KEY, BRIDGE_UPSTREAM_AUTH and the project's features. No job "
     "fails because of this; polling resumes after the pause."
+)
+CLOCK_SKEW_MESSAGE = (
+    "Uploadcare refused a request signed with a Date too far from its clock: fix this "
+    "host's clock (NTP: chrony or systemd-timesyncd), not the keys. No job fails because "
+    "of this; polling resumes after the pause."
 )
 ROUND_SPENT = "the retry schedule's time ran out while the receiver's circuit was open"
 
@@ -672,21 +678,43 @@ class Scheduler:
         elif isinstance(event, Resumed):
             log.info("upstream_resumed", pause=event.key)
         elif isinstance(event, NotFoundSeen):
-            log.info("upstream_not_found", misses=event.misses, **log_kw)
+            log.info(
+                "upstream_not_found",
+                misses=event.misses,
+                upstream_request_id=event.request_id,
+                **log_kw,
+            )
         elif isinstance(event, ThrottledSeen):
-            self.metrics.upstream_throttled.inc()
-            log.warning("upstream_throttled", retry_after_s=event.retry_after, **log_kw)
+            log.warning(
+                "upstream_throttled",
+                retry_after_s=event.retry_after,
+                upstream_request_id=event.request_id,
+                **log_kw,
+            )
         elif isinstance(event, Paused):
             log.error(
                 "upstream_paused",
                 reason=event.reason,
                 detail=event.detail,
                 pause_s=event.pause_s,
-                message=PAUSED_MESSAGE,
+                skew_s=None if event.skew is None else round(event.skew, 1),
+                upstream_request_id=event.request_id,
+                message=PAUSED_MESSAGE if event.skew is None else CLOCK_SKEW_MESSAGE,
+            )
+        elif isinstance(event, RejectedAgain):
+            log.info(
+                "upstream_rejected",
+                code=event.code,
+                upstream_request_id=event.request_id,
+                **log_kw,
             )
         else:
             log.warning(
-                "upstream_poll_failed", reason=event.reason, failures=event.failures, **log_kw
+                "upstream_poll_failed",
+                reason=event.reason,
+                failures=event.failures,
+                upstream_request_id=event.request_id,
+                **log_kw,
             )
 
     def _outcomes(self, recorded: list[Recorded]) -> None:

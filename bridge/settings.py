@@ -27,6 +27,7 @@ SECRET_VARS = (
     "UPLOADCARE_SECRET_KEY",
     "BRIDGE_WEBHOOK_SECRETS",
     "BRIDGE_DATABASE_URL",
+    "BRIDGE_UPSTREAM_PROXY",
 )
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -218,6 +219,33 @@ def _http_url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
+def parse_proxy(text: str) -> str | None:
+    """``BRIDGE_UPSTREAM_PROXY``: ``http://[user:pass@]host[:port][/]``; "" (unset) is None.
+
+    A secret (its user-info is a password): no message quotes any part of it.
+    """
+    value = text.strip()
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a URL: expected http://[user:password@]host:port") from None
+    if parts.scheme != "http":
+        raise ValueError(
+            "expected an http:// proxy URL (http://[user:password@]host:port); the "
+            "connection to the proxy is plain HTTP, upstream requests tunnel through it"
+        )
+    if not parts.hostname:
+        raise ValueError("the proxy URL has no host: expected http://[user:password@]host:port")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("a proxy URL is only http://[user:password@]host:port")
+    if port == 0:
+        raise ValueError("the proxy URL's port must be 1 to 65535")
+    return value.rstrip("/")
+
+
 def _text(text: str) -> str:
     return text.strip()
 
@@ -300,6 +328,14 @@ _VARS: tuple[_Var, ...] = (
         "10s",
         parse_duration,
         help="how long one upstream request may take before it counts as failed",
+    ),
+    _Var(
+        "BRIDGE_UPSTREAM_PROXY",
+        "upstream_proxy",
+        "",
+        parse_proxy,
+        secret=True,
+        help="an http:// proxy for upstream requests only; callbacks never use a proxy",
     ),
     _Var(
         "BRIDGE_POLL_INITIAL_DELAY",
@@ -455,6 +491,7 @@ class Settings:
     upstream_rps: float = 20.0
     upstream_concurrency: int = 32
     upstream_timeout: float = 10.0
+    upstream_proxy: str | None = field(default=None, repr=False)  # a secret (user-info)
     poll_initial_delay: float = 1.0
     poll_min_interval: float = 2.0
     poll_max_interval: float = 60.0
@@ -505,6 +542,8 @@ class Settings:
             values.append(self.uploadcare_secret_key)
         if self.database.scheme == "postgresql":
             values += dburl.secrets(self.database.dsn)
+        if self.upstream_proxy is not None:
+            values += proxy_secrets(self.upstream_proxy)
         return [v for v in values if v]
 
     def check_serve(self) -> None:
@@ -525,6 +564,19 @@ class Settings:
                 "not set; give name:secret pairs, or start with --insecure-no-auth to accept "
                 "every request as tenant 'default'",
             )
+
+
+def proxy_secrets(proxy: str) -> list[str]:
+    """What of a proxy URL must never be logged: the whole URL, its user-info, its password
+    (as written and decoded). Not the user name alone: it may be a common word."""
+    parts = urlsplit(proxy)
+    out = [proxy]
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        out.append(userinfo)
+        if parts.password:
+            out += [parts.password, unquote(parts.password)]
+    return out
 
 
 def _empty(default: str | None) -> str:

@@ -17,10 +17,12 @@ import hashlib
 import hmac
 import json
 import math
+import platform
 import re
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, Final, Literal, TypeAlias
 
@@ -29,13 +31,14 @@ import structlog
 from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
-from bridge import ijson
+from bridge import __version__, ijson
 from bridge.model import KINDS, TERMINAL_STATUSES, Kind
 
 __all__ = [
     "ACCEPT",
     "DEFAULT_RETRY_AFTER",
     "MAX_BODY_BYTES",
+    "SKEW_WARN_SECONDS",
     "TERMINAL_STATUSES",
     "AuthScheme",
     "Garbage",
@@ -45,22 +48,30 @@ __all__ = [
     "Rejected",
     "RequestHook",
     "RetryGate",
+    "SkewHook",
     "Status",
     "StatusValue",
     "Throttled",
     "Transient",
     "UpstreamClient",
     "known_status",
+    "parse_date",
     "parse_retry_after",
     "parse_status_body",
+    "request_id_of",
     "sign",
+    "skew_sentence",
+    "user_agent_for",
 ]
 
 # The statuses this contract knows; Uploadcare may add others (``queued``), which are kept
 # as given and tracked like ``processing``.
 StatusValue: TypeAlias = str
 AuthScheme: TypeAlias = Literal["signed", "simple"]
-RequestHook: TypeAlias = Callable[[str, float], None]
+# ``on_request(code, seconds, project)``: one HTTP request sent upstream and how it ended.
+RequestHook: TypeAlias = Callable[[str, float, str], None]
+# ``on_clock_skew(project, seconds)``: Uploadcare's clock minus ours, from an answer's Date.
+SkewHook: TypeAlias = Callable[[str, float], None]
 # Awaited before an in-request retry of ``kind``: False withholds the retry (a pause began).
 RetryGate: TypeAlias = Callable[[Kind], Awaitable[bool]]
 
@@ -93,6 +104,13 @@ _REJECTED_CODES: Final = frozenset({400, 401, 403, 406})
 _KIND_FEATURE: Final = re.compile(rf"\b({'|'.join(KINDS)})\s+conversion\b", re.IGNORECASE)
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]+")
 _RETRY_AFTER_SECONDS: Final = re.compile(r"\d+(?:\.\d+)?")
+# Upstream-controlled text going into log lines: bounded, and no control or format chars.
+REQUEST_ID_MAX_CHARS: Final = 128
+_UNPRINTABLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# Clock skew past this is worth a warning (SPEC: 60 s); the warning ends below the lower
+# mark, so a skew hovering at the threshold (Date has whole seconds) warns once, not per poll.
+SKEW_WARN_SECONDS: Final = 60.0
+SKEW_CLEAR_SECONDS: Final = 50.0
 
 _log = structlog.get_logger(__name__)
 
@@ -123,7 +141,15 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class NotFound:
-    """404: Uploadcare does not know this (kind, token)."""
+    """404: Uploadcare does not know this (kind, token).
+
+    ``request_id`` (on this and every other answer that is not a 2xx) is the answer's
+    ``X-Uploadcare-Request-Id``, cleaned for a log line (``request_id_of``), or None. It
+    describes the answer, not what it means, so it takes no part in ``==`` (nor does
+    ``Rejected.skew``, a measurement).
+    """
+
+    request_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +157,7 @@ class Throttled:
     """429: send nothing upstream for ``retry_after`` seconds (never negative)."""
 
     retry_after: float
+    request_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +167,17 @@ class Rejected:
     ``kind`` is set when a 400 names one kind's feature ("Video conversion feature is not
     available for this project."), so only that kind needs pausing. ``detail`` is
     Uploadcare's text, scrubbed of the secret key and truncated.
+
+    ``skew`` is Uploadcare's clock minus this host's (seconds; from this answer's ``Date``,
+    else the last answer's) when the request was signed, so that a refusal may be for a
+    ``Date`` too far off; None for simple auth (no ``Date`` is checked) or when unknown.
     """
 
     code: int
     detail: str
     kind: Kind | None = None
+    skew: float | None = field(default=None, compare=False)
+    request_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +185,8 @@ class Transient:
     """Worth trying again later: 5xx, timeout, connection error, unexpected status."""
 
     reason: str
+    # When an answer came (a 5xx, an unexpected status).
+    request_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +194,7 @@ class Garbage:
     """A 200 whose body is not the expected JSON."""
 
     reason: str
+    request_id: str | None = field(default=None, compare=False)
 
 
 Observation: TypeAlias = Status | NotFound | Throttled | Rejected | Transient | Garbage
@@ -199,6 +235,46 @@ def parse_retry_after(value: str | None, now: float) -> float:
     if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means no zone was given
         return DEFAULT_RETRY_AFTER
     return max(0.0, when.timestamp() - now)
+
+
+def parse_date(value: str | None) -> float | None:
+    """An HTTP ``Date`` (RFC 9110: IMF-fixdate, GMT) as Unix time; None if absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.timestamp()
+
+
+def request_id_of(value: str | None) -> str | None:
+    """``X-Uploadcare-Request-Id`` as it may go into a log line: control, format and
+    unassigned characters dropped, at most ``REQUEST_ID_MAX_CHARS``; None if nothing is left."""
+    if value is None:
+        return None
+    # Bound the work before filtering: a header may be kilobytes long.
+    kept = "".join(
+        c
+        for c in value[: REQUEST_ID_MAX_CHARS * 4]
+        if unicodedata.category(c) not in _UNPRINTABLE_CATEGORIES
+    ).strip()
+    return kept[:REQUEST_ID_MAX_CHARS] or None
+
+
+def user_agent_for(public_key: str) -> str:
+    """``uploadcare-bridge/<version>/<public key> (Python/<x.y.z>)``: the convention of
+    Uploadcare's own clients (the public key is not a secret; it names the project)."""
+    return f"uploadcare-bridge/{__version__}/{public_key} (Python/{platform.python_version()})"
+
+
+def skew_sentence(skew: float) -> str:
+    """``this host is N s behind Uploadcare`` (``skew`` positive: their clock is ahead) or
+    ``... ahead of Uploadcare``, N in whole seconds."""
+    side = "behind" if skew > 0 else "ahead of"
+    return f"this host is {round(abs(skew))} s {side} Uploadcare"
 
 
 def parse_status_body(body: bytes) -> Status | Garbage:
@@ -292,14 +368,25 @@ class _Attempts:
     """Reports every HTTP request of one ``status`` call to the hook, exactly once each."""
 
     def __init__(
-        self, hook: RequestHook | None, kind: Kind, before_retry: RetryGate | None = None
+        self,
+        hook: RequestHook | None,
+        kind: Kind,
+        before_retry: RetryGate | None = None,
+        *,
+        project: str = "default",
+        now: Callable[[], float] = time.time,
+        on_skew: Callable[[float], None] | None = None,
     ) -> None:
         self._hook = hook
         self._kind = kind
         self._before_retry = before_retry
+        self._project = project
+        self._now = now
+        self._on_skew = on_skew
         self._sent = 0
         self._open_since: float | None = None
         self.last_failure: str | None = None  # a Transient reason for the latest failed try
+        self.skew: float | None = None  # from the latest answer's Date, when it had one
 
     async def middleware(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
@@ -315,8 +402,9 @@ class _Attempts:
         ):
             raise _RetryWithheld("retry withheld by a pause")
         self._open_since = time.monotonic()
+        sent_at = self._now()
         try:
-            return await handler(request)
+            response = await handler(request)
         except TimeoutError:  # ServerTimeoutError is a ClientConnectionError too: test first
             self.finish("timeout")
             self.last_failure = "timeout"
@@ -331,6 +419,22 @@ class _Attempts:
             raise
         # CancelledError leaves the attempt open: the caller knows whether it was our
         # deadline (a timeout) or someone else's cancellation.
+        self._clock_check(response, sent_at)
+        return response
+
+    def _clock_check(self, response: aiohttp.ClientResponse, sent_at: float) -> None:
+        """Uploadcare's clock minus ours, from the answer's ``Date`` (any status).
+
+        Ours is the middle of the request's flight (sent, headers back), the best guess at
+        when Uploadcare stamped it; ``Date`` has whole seconds, so this is good to about one.
+        """
+        theirs = parse_date(response.headers.get("Date"))
+        if theirs is None:
+            return
+        ours = (sent_at + self._now()) / 2
+        self.skew = theirs - ours
+        if self._on_skew is not None:
+            self._on_skew(self.skew)
 
     @property
     def open(self) -> bool:
@@ -344,7 +448,7 @@ class _Attempts:
         if self._hook is None:
             return
         try:
-            self._hook(code, duration)
+            self._hook(code, duration, self._project)
         except Exception:  # a metrics hook must never break polling
             _log.exception("upstream_request_hook_failed", code=code)
 
@@ -353,10 +457,17 @@ class UpstreamClient:
     """Asks Uploadcare for the status of one conversion and classifies the answer.
 
     ``timeout`` bounds a whole ``status`` call, in-request retries included, so that a
-    lease longer than it always outlasts the call. ``on_request(code, seconds)`` is called
-    once for every HTTP request actually sent, retries included; ``code`` is the HTTP
-    status as a string, ``"timeout"`` or ``"error"``. A request abandoned because the
-    caller cancelled ``status`` is not reported. ``before_retry(kind)`` is awaited before
+    lease longer than it always outlasts the call. ``on_request(code, seconds, project)``
+    is called once for every HTTP request actually sent, retries included; ``code`` is the
+    HTTP status as a string, ``"timeout"`` or ``"error"``, and ``project`` the name this
+    client was given (the Uploadcare project whose keys it holds). A request abandoned
+    because the caller cancelled ``status`` is not reported. ``on_clock_skew(project,
+    seconds)`` is called for every answer with a readable ``Date``: Uploadcare's clock
+    minus this host's (``clock_skew`` keeps the latest); past ``SKEW_WARN_SECONDS`` either
+    way the client logs ``upstream_clock_skew`` once, until the skew is small again.
+    ``proxy`` is an ``http://`` forward proxy URL every request goes through (its
+    user-info is sent as ``Proxy-Authorization``). ``user_agent`` defaults to
+    ``user_agent_for(public_key)``. ``before_retry(kind)`` is awaited before
     each in-request retry (the caller's rate limiter and pauses), so retries count against
     the same budget as first tries; when it answers False the retry is not sent and the
     call reports the failure that led to it. The session must have no ``base_url``
@@ -368,11 +479,16 @@ class UpstreamClient:
         "_base_url",
         "_before_retry",
         "_now",
+        "_on_clock_skew",
         "_on_request",
+        "_project",
+        "_proxy",
         "_public_key",
         "_retry",
         "_secret_key",
         "_session",
+        "_skew",
+        "_skew_warned",
         "_timeout",
         "_user_agent",
     )
@@ -386,10 +502,13 @@ class UpstreamClient:
         secret_key: str,
         auth: AuthScheme = "signed",
         timeout: float = 10.0,
-        user_agent: str,
+        user_agent: str | None = None,
         on_request: RequestHook | None = None,
         before_retry: RetryGate | None = None,
         now: Callable[[], float] = time.time,
+        project: str = "default",
+        on_clock_skew: SkewHook | None = None,
+        proxy: str | None = None,
     ) -> None:
         if auth not in ("signed", "simple"):
             raise ValueError("auth must be 'signed' or 'simple'")
@@ -401,10 +520,18 @@ class UpstreamClient:
         self._secret_key = secret_key
         self._auth: AuthScheme = auth
         self._timeout = timeout
-        self._user_agent = user_agent
+        self._user_agent = user_agent if user_agent is not None else user_agent_for(public_key)
         self._on_request = on_request
         self._before_retry = before_retry
-        self._now = now  # wall clock, for the Date header and HTTP-date Retry-After
+        self._now = now  # wall clock: the Date header, HTTP-date Retry-After, clock skew
+        self._project = project
+        self._on_clock_skew = on_clock_skew
+        self._skew: float | None = None
+        self._skew_warned = False
+        # aiohttp turns the URL's user-info into Proxy-Authorization: on each request to
+        # an http:// upstream, on the CONNECT to an https:// one (where proxy_headers would
+        # reach only the CONNECT, and not a plain request at all).
+        self._proxy = URL(proxy) if proxy is not None else None
         self._retry = RetryClient(
             client_session=session,
             retry_options=ExponentialRetry(
@@ -420,9 +547,39 @@ class UpstreamClient:
 
     def __repr__(self) -> str:
         return (
-            f"UpstreamClient(base_url={self._base_url!r}, public_key={self._public_key!r}, "
-            f"auth={self._auth!r}, timeout={self._timeout!r})"
+            f"UpstreamClient(project={self._project!r}, base_url={self._base_url!r}, "
+            f"public_key={self._public_key!r}, auth={self._auth!r}, timeout={self._timeout!r})"
         )
+
+    @property
+    def project(self) -> str:
+        return self._project
+
+    @property
+    def clock_skew(self) -> float | None:
+        """Uploadcare's clock minus this host's, from the latest answer with a ``Date``."""
+        return self._skew
+
+    def _saw_skew(self, skew: float) -> None:
+        self._skew = skew
+        if self._on_clock_skew is not None:
+            try:
+                self._on_clock_skew(self._project, skew)
+            except Exception:  # a metrics hook must never break polling
+                _log.exception("upstream_request_hook_failed", code="clock_skew")
+        if not self._skew_warned and abs(skew) > SKEW_WARN_SECONDS:
+            self._skew_warned = True
+            _log.warning(
+                "upstream_clock_skew",
+                project=self._project,
+                skew_s=round(skew, 1),
+                message=f"{skew_sentence(skew)}; Uploadcare refuses signed requests whose "
+                "Date is more than a few minutes off. Fix this host's clock (NTP: chrony or "
+                "systemd-timesyncd)",
+            )
+        elif self._skew_warned and abs(skew) < SKEW_CLEAR_SECONDS:
+            self._skew_warned = False
+            _log.info("upstream_clock_skew_resolved", project=self._project, skew_s=round(skew, 1))
 
     def _headers(self, uri: str) -> dict[str, str]:
         headers = {"Accept": ACCEPT, "User-Agent": self._user_agent}
@@ -443,7 +600,14 @@ class UpstreamClient:
         if isinstance(token, bool) or not isinstance(token, int) or token < 1:
             raise ValueError("token must be a positive integer")
         url = URL(f"{self._base_url}/convert/{kind}/status/{token}/")
-        attempts = _Attempts(self._on_request, kind, self._before_retry)
+        attempts = _Attempts(
+            self._on_request,
+            kind,
+            self._before_retry,
+            project=self._project,
+            now=self._now,
+            on_skew=self._saw_skew,
+        )
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._send(url, attempts)
@@ -471,6 +635,7 @@ class UpstreamClient:
             # A redirect would carry credentials elsewhere and break the signature anyway.
             allow_redirects=False,
             middlewares=(attempts.middleware,),
+            proxy=self._proxy,
         ) as response:
             try:
                 body = await _read_limited(response, MAX_BODY_BYTES)
@@ -478,22 +643,43 @@ class UpstreamClient:
                 attempts.finish("timeout")
                 return Transient("timeout")
             attempts.finish(str(response.status))
-            return self._classify(response.status, response.headers.get("Retry-After"), body)
+            headers = response.headers
+            return self._classify(
+                response.status,
+                headers.get("Retry-After"),
+                body,
+                request_id_of(headers.get("X-Uploadcare-Request-Id")),
+                attempts.skew,
+            )
 
-    def _classify(self, code: int, retry_after: str | None, body: bytes | None) -> Observation:
+    def _classify(
+        self,
+        code: int,
+        retry_after: str | None,
+        body: bytes | None,
+        request_id: str | None = None,
+        skew: float | None = None,
+    ) -> Observation:
         if code == 200:
             if body is None:
-                return Garbage(f"body over {MAX_BODY_BYTES} bytes")
-            return parse_status_body(body)
+                return Garbage(f"body over {MAX_BODY_BYTES} bytes", request_id)
+            parsed = parse_status_body(body)
+            if isinstance(parsed, Garbage):
+                return Garbage(parsed.reason, request_id)
+            return parsed
         if code == 404:
-            return NotFound()
+            return NotFound(request_id)
         if code == 429:
-            return Throttled(parse_retry_after(retry_after, self._now()))
+            return Throttled(parse_retry_after(retry_after, self._now()), request_id)
         if code in _REJECTED_CODES:
+            # Only a signed request carries a Date Uploadcare can find too far off.
+            if self._auth == "signed" and skew is None:
+                skew = self._skew  # this answer had no Date: the last one's
+            elif self._auth != "signed":
+                skew = None
             if body is None:
-                return Rejected(code=code, detail="error body too large")
+                return Rejected(code, "error body too large", None, skew, request_id)
             detail = _error_detail(body, self._secret_key)
-            return Rejected(
-                code=code, detail=detail, kind=_kind_named(detail) if code == 400 else None
-            )
-        return Transient(f"http {code}")
+            kind = _kind_named(detail) if code == 400 else None
+            return Rejected(code, detail, kind, skew, request_id)
+        return Transient(f"http {code}", request_id)

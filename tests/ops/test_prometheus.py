@@ -58,10 +58,20 @@ FAMILIES: dict[str, tuple[str, set[str], dict[str, set[str]]]] = {
         {"state": {"tracking", "delivering", "delivered", "undeliverable", "canceled"}},
     ),
     "bridge_outcomes": ("counter", {"kind", "outcome"}, {}),
-    "bridge_upstream_requests": ("counter", {"code"}, {"code": {"200", "401"}}),
+    "bridge_upstream_requests": (
+        "counter",
+        {"code", "project"},
+        {"code": {"200", "401"}, "project": {"default"}},
+    ),
     "bridge_upstream_request_duration_seconds": ("histogram", set(), {}),
-    "bridge_upstream_throttled": ("counter", set(), {}),
-    "bridge_upstream_paused": ("gauge", {"reason"}, {"reason": {"credentials rejected (401)"}}),
+    "bridge_upstream_throttled": ("counter", {"project"}, {"project": {"default"}}),
+    "bridge_upstream_paused": (
+        "gauge",
+        {"reason", "project"},
+        {"reason": {"credentials rejected (401)"}, "project": {"default"}},
+    ),
+    # The fake stamps its answers with a Date, as Uploadcare does.
+    "bridge_upstream_clock_skew_seconds": ("gauge", {"project"}, {"project": {"default"}}),
     "bridge_callback_attempts": (
         "counter",
         {"result"},

@@ -116,7 +116,7 @@ def client_for(
     timeout: float = 5.0,
     now: Callable[[], float] = time.time,
 ) -> UpstreamClient:
-    def hook(code: str, _: float) -> None:
+    def hook(code: str, _: float, __: str) -> None:
         if reports is not None:
             reports.append(code)
 

@@ -320,7 +320,7 @@ async def test_a_429_pause_holds_every_request_until_retry_after(tmp_path: Path)
         assert [q.status for q in r.requests()] == [429]
         assert r.pauses.describe()["reason"] == "throttled (429)"
         assert r.pauses.reasons() == {"throttled (429)"}
-        assert metric(r, "bridge_upstream_throttled_total") == 1.0
+        assert metric(r, "bridge_upstream_throttled_total", project="default") == 1.0
         assert [row[0] for row in await r.store.pauses()] == ["throttled"]  # for every replica
 
         for offset in (1.1, 2.0, 4.0, 5.9):
@@ -364,7 +364,7 @@ async def test_a_rejection_pause_grows_on_repeats_and_a_good_answer_lifts_it(
         assert (await asyncio.wait_for(first, STUCK)).polled == 1
         paused_until = t0 + 2.5 + 5.0  # the first rejection: 5 s from when it was seen
         assert r.pauses.describe()["reason"] == "credentials rejected (401)"
-        assert metric(r, "bridge_upstream_throttled_total") == 0.0
+        assert metric(r, "bridge_upstream_throttled_total", project="default") == 0.0
         r.upstream.release(b)
         assert (await asyncio.wait_for(second, STUCK)).polled == 1
         # B's 401 was in flight when the pause began: the same episode, not a longer pause.
@@ -463,7 +463,7 @@ async def test_transient_failures_back_off(tmp_path: Path) -> None:
         assert seen.state == "tracking" and seen.upstream_status == "processing"
         assert seen.next_poll_at == t0 + 13.0 + 2.0
         assert [q.status for q in r.requests()] == [503, 503, 200]
-        assert metric(r, "bridge_upstream_requests_total", code="503") == 2.0
+        assert metric(r, "bridge_upstream_requests_total", code="503", project="default") == 2.0
 
         done = await r.at(15.0, t0)
         assert (done.outcomes, done.delivered) == (1, 1)
@@ -683,7 +683,7 @@ async def test_a_status_uploadcare_adds_is_tracked_by_the_growth_rule(tmp_path: 
         # ... then longer while the status stays the same.
         second = (await r.job(j.id)).next_poll_at
         assert second is not None and second > t0 + 3.0 + 2.0
-        assert metric(r, "bridge_upstream_requests_total", code="200") == 2.0
+        assert metric(r, "bridge_upstream_requests_total", code="200", project="default") == 2.0
         assert (await r.job(j.id)).state == "tracking"
         unknown = [e for e in logs if e["event"] == "upstream_status_unknown"]
         assert unknown == [

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import itertools
 import json
+import platform
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +17,9 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
+from bridge import __version__
 from bridge.upstream import (
     ACCEPT,
     DEFAULT_RETRY_AFTER,
@@ -27,9 +32,12 @@ from bridge.upstream import (
     Throttled,
     Transient,
     UpstreamClient,
+    parse_date,
     parse_retry_after,
     parse_status_body,
+    request_id_of,
     sign,
+    user_agent_for,
 )
 from tests.conftest import UPLOADCARE_FIXTURES as FIXTURES
 
@@ -84,7 +92,9 @@ class Script:
             await response.prepare(request)
             await response.write(b'{"status": ')
             await asyncio.sleep(30)
-        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        # Uploadcare's clock agrees with the client's (NOW) unless an answer says otherwise.
+        headers = {"Date": formatdate(NOW, usegmt=True), **answer.headers}
+        return web.Response(status=answer.status, body=answer.body, headers=headers)
 
 
 def json_answer(status: int, payload: Any, **headers: str) -> Answer:
@@ -120,6 +130,11 @@ async def scripted() -> AsyncIterator[StartScript]:
 class Harness:
     session: aiohttp.ClientSession
     reports: list[tuple[str, float]] = field(default_factory=list)
+    projects: list[str] = field(default_factory=list)  # the project of each report
+
+    def _report(self, code: str, seconds: float, project: str) -> None:
+        self.reports.append((code, seconds))
+        self.projects.append(project)
 
     def client(self, url: str, **overrides: Any) -> UpstreamClient:
         options: dict[str, Any] = {
@@ -128,8 +143,7 @@ class Harness:
             "secret_key": SECRET,
             "auth": "signed",
             "timeout": 5.0,
-            "user_agent": "uploadcare-bridge/test",
-            "on_request": lambda code, seconds: self.reports.append((code, seconds)),
+            "on_request": self._report,
             "now": lambda: NOW,
         }
         options.update(overrides)
@@ -447,7 +461,7 @@ async def test_timeout_bounds_the_retries_too(harness: Harness, scripted: StartS
 
 
 async def test_failing_hook_does_not_break_polling(harness: Harness, scripted: StartScript) -> None:
-    def hook(code: str, seconds: float) -> None:
+    def hook(code: str, seconds: float, project: str) -> None:
         raise RuntimeError("metrics down")
 
     got = await observe(harness, scripted, json_answer(404, {}), on_request=hook)
@@ -506,3 +520,269 @@ async def test_bad_arguments(harness: Harness, kind: Any, token: Any) -> None:
     with pytest.raises(ValueError):
         await harness.client("http://127.0.0.1:1").status(kind, token)
     assert harness.reports == []
+
+
+# --- User-Agent, project ----------------------------------------------------------------------
+
+
+async def test_user_agent_is_the_uploadcare_clients_convention(
+    harness: Harness, scripted: StartScript
+) -> None:
+    """uploadcare-bridge/<version>/<public key> (Python/<x.y.z>), on both auth schemes."""
+    script = await scripted(json_answer(404, {}))
+    await harness.client(script.url).status("video", 1)
+    await harness.client(script.url, auth="simple").status("video", 1)
+    expected = f"uploadcare-bridge/{__version__}/{PUBLIC} (Python/{platform.python_version()})"
+    assert [seen.headers["User-Agent"] for seen in script.seen] == [expected, expected]
+    assert user_agent_for(PUBLIC) == expected
+    assert platform.python_version().count(".") == 2  # x.y.z
+
+
+async def test_the_hook_is_told_the_project(harness: Harness, scripted: StartScript) -> None:
+    script = await scripted(json_answer(404, {}))
+    await harness.client(script.url).status("video", 1)
+    await harness.client(script.url, project="staging").status("video", 1)
+    assert harness.projects == ["default", "staging"]
+    assert "staging" in repr(harness.client(script.url, project="staging"))
+
+
+# --- Clock skew: Uploadcare's Date against this host's clock ---------------------------------
+
+
+def dated(answer: Answer, offset: float) -> Answer:
+    """``answer`` stamped by an Uploadcare whose clock is ``offset`` s ahead of NOW."""
+    return Answer(
+        answer.status,
+        answer.body,
+        {**answer.headers, "Date": formatdate(NOW + offset, usegmt=True)},
+    )
+
+
+async def test_clock_skew_is_read_from_every_answer(
+    harness: Harness, scripted: StartScript
+) -> None:
+    seen: list[tuple[str, float]] = []
+    script = await scripted(
+        dated(json_answer(200, {"status": "pending", "error": None, "result": None}), 600),
+        dated(json_answer(404, {}), -42),
+        dated(json_answer(503, {}), 7),
+    )
+    client = harness.client(
+        script.url, project="shop", on_clock_skew=lambda p, s: seen.append((p, s))
+    )
+    assert client.clock_skew is None
+    await client.status("video", 1)
+    assert client.clock_skew == 600.0
+    await client.status("video", 1)
+    await client.status("video", 1)
+    assert seen == [("shop", 600.0), ("shop", -42.0), ("shop", 7.0)]
+    assert client.clock_skew == 7.0
+
+
+async def test_clock_skew_is_measured_from_the_middle_of_the_flight(
+    harness: Harness, scripted: StartScript
+) -> None:
+    """The request left at NOW+10 and its answer was in at NOW+20: Uploadcare stamped it
+    at about NOW+15 by this host's clock, so a Date of NOW+615 is 600 s of skew."""
+    ticks = itertools.count(NOW, 10.0)  # the Date header's, then sent, then received
+    script = await scripted(dated(json_answer(404, {}), 615))
+    client = harness.client(script.url, now=lambda: next(ticks))
+    await client.status("video", 1)
+    assert script.seen[0].headers["Date"] == formatdate(NOW, usegmt=True)
+    assert client.clock_skew == 600.0
+
+
+async def test_an_answer_without_a_readable_date_leaves_the_skew_alone(
+    harness: Harness, scripted: StartScript
+) -> None:
+    script = await scripted(
+        dated(json_answer(404, {}), 120),
+        json_answer(404, {}, Date="yesterday-ish"),
+        json_answer(404, {}, Date="Mon, 05 Nov 2018 13:14:41"),  # no zone: not a Date
+    )
+    client = harness.client(script.url)
+    for _ in range(3):
+        await client.status("video", 1)
+    assert client.clock_skew == 120.0
+
+
+async def test_a_401_carries_the_skew_of_a_signed_request(
+    harness: Harness, scripted: StartScript
+) -> None:
+    """Uploadcare refuses a signed request whose Date is far off its clock: the rejection
+    says how far, for the decision to call it clock skew rather than bad keys."""
+    refused = json_answer(401, {"detail": "Invalid signature. Please check your Secret key."})
+    got = await observe(harness, scripted, dated(refused, 600))
+    assert isinstance(got, Rejected) and got.code == 401
+    assert got.skew == 600.0
+    behind = await observe(harness, scripted, dated(refused, -900))
+    assert isinstance(behind, Rejected) and behind.skew == -900.0
+
+
+async def test_a_rejection_without_a_date_carries_the_last_skew(
+    harness: Harness, scripted: StartScript
+) -> None:
+    refused = json_answer(401, {"detail": "Incorrect authentication credentials."})
+    script = await scripted(dated(json_answer(404, {}), -700), refused)
+    client = harness.client(script.url)
+    await client.status("video", 1)
+    # The scripted server stamps every answer; an Uploadcare that did not is this header
+    # left unreadable.
+    script.answers = [Answer(401, refused.body, {**refused.headers, "Date": "?"})]
+    got = await client.status("video", 1)
+    assert isinstance(got, Rejected) and got.skew == -700.0
+
+
+async def test_simple_auth_rejections_carry_no_skew(
+    harness: Harness, scripted: StartScript
+) -> None:
+    """No Date is signed with simple auth, so no skew can be why it was refused."""
+    refused = json_answer(401, {"detail": "Incorrect authentication credentials."})
+    script = await scripted(dated(refused, 600))
+    client = harness.client(script.url, auth="simple")
+    got = await client.status("video", 1)
+    assert isinstance(got, Rejected) and got.skew is None
+    assert client.clock_skew == 600.0  # still measured and reported
+
+
+async def test_skew_past_a_minute_warns_once_per_crossing(
+    harness: Harness, scripted: StartScript
+) -> None:
+    script = await scripted(
+        dated(json_answer(404, {}), 30),
+        dated(json_answer(404, {}), 61),
+        dated(json_answer(404, {}), 75),
+        dated(json_answer(404, {}), -90),  # still past a minute: the same episode
+        dated(json_answer(404, {}), 55),  # within the hysteresis: not resolved yet
+        dated(json_answer(404, {}), 2),
+        dated(json_answer(404, {}), -61),
+    )
+    client = harness.client(script.url, project="shop")
+    with capture_logs() as logs:
+        for _ in range(7):
+            await client.status("video", 1)
+    events = [(e["event"], e.get("skew_s")) for e in logs if "clock_skew" in e["event"]]
+    assert events == [
+        ("upstream_clock_skew", 61.0),
+        ("upstream_clock_skew_resolved", 2.0),
+        ("upstream_clock_skew", -61.0),
+    ]
+    warning = next(e for e in logs if e["event"] == "upstream_clock_skew")
+    assert warning["log_level"] == "warning" and warning["project"] == "shop"
+    assert "NTP" in warning["message"] and "61 s behind Uploadcare" in warning["message"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Mon, 05 Nov 2018 13:14:41 GMT", 1541423681.0),
+        ("Mon, 05 Nov 2018 13:14:41 +0000", 1541423681.0),
+        ("Mon, 05 Nov 2018 13:14:41", None),
+        ("", None),
+        ("tomorrow", None),
+        (None, None),
+    ],
+)
+def test_parse_date(value: str | None, expected: float | None) -> None:
+    assert parse_date(value) == expected
+
+
+# --- Request ids: what Uploadcare support asks for -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        json_answer(404, {"detail": "Not found."}),
+        json_answer(429, {}, **{"Retry-After": "3"}),
+        json_answer(401, {"detail": "Incorrect authentication credentials."}),
+        json_answer(400, {"detail": "Video conversion feature is not available"}),
+        json_answer(503, {}),
+        json_answer(302, {}),
+        Answer(200, b"not json", {}),
+    ],
+    ids=lambda a: str(a.status),
+)
+async def test_answers_carry_their_request_id(
+    harness: Harness, scripted: StartScript, answer: Answer
+) -> None:
+    tagged = Answer(
+        answer.status, answer.body, {**answer.headers, "X-Uploadcare-Request-Id": "r-1"}
+    )
+    got = await observe(harness, scripted, tagged)
+    assert not isinstance(got, Status)
+    assert got.request_id == "r-1"
+    untagged = await observe(harness, scripted, answer)
+    assert untagged.request_id is None  # type: ignore[union-attr]
+
+
+async def test_a_request_id_is_cleaned_for_the_logs(harness: Harness) -> None:
+    """Upstream-controlled text bound for log lines: a terminal escape, DEL and a very long
+    value, written raw (aiohttp's server will not send them), arrive bounded and clean."""
+    hostile = b"abc\x1b[31mdef\x7f" + b"x" * 500
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n"
+            b"X-Uploadcare-Request-Id: " + hostile + b"\r\n\r\n{}"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        got = await harness.client(f"http://127.0.0.1:{port}").status("video", 1)
+    assert isinstance(got, NotFound)
+    assert got.request_id == ("abc[31mdef" + "x" * 500)[:128]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("3f2a9c1e-77b0-4c55-9d1a-0b8e2f7c6d41", "3f2a9c1e-77b0-4c55-9d1a-0b8e2f7c6d41"),
+        ("  padded  ", "padded"),
+        ("line\nbreak\r\n", "linebreak"),
+        ("bidi\u202eevil\u200b", "bidievil"),
+        ("\x00\x01\x1f", None),
+        ("", None),
+        (None, None),
+        ("é" * 300, "é" * 128),
+    ],
+)
+def test_request_id_of(value: str | None, expected: str | None) -> None:
+    assert request_id_of(value) == expected
+
+
+# --- The egress proxy, for an https upstream ---------------------------------------------------
+
+
+async def test_an_https_upstream_is_tunnelled_through_the_proxy_with_its_credentials(
+    harness: Harness,
+) -> None:
+    """Uploadcare is https: the client asks the proxy to CONNECT, with Proxy-Authorization
+    from the proxy URL's user-info. This proxy refuses, which is a transient failure (the
+    tunnel's other end is never dialled: the name resolves nowhere)."""
+    asked: list[bytes] = []
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        client = harness.client(
+            "https://uploadcare.invalid", proxy=f"http://egress:p%40ss@127.0.0.1:{port}"
+        )
+        got = await client.status("video", 1)
+    assert isinstance(got, Transient) and got.reason.startswith("connection error")
+    [request] = asked
+    head, *lines = request.decode().split("\r\n")
+    assert head == "CONNECT uploadcare.invalid:443 HTTP/1.1"
+    headers = dict(line.split(": ", 1) for line in lines if line)
+    assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"egress:p@ss").decode()
+    assert SECRET not in request.decode()  # the signed request never left the tunnel

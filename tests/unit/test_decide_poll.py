@@ -21,6 +21,7 @@ from bridge.polldecision import (
     PollDecision,
     PollEvent,
     PollFailed,
+    RejectedAgain,
     Resumed,
     StatusChanged,
     ThrottledSeen,
@@ -212,7 +213,74 @@ CASES = {
         WATCH,
         Rejected(401, DETAIL),
         record(next_poll_at=T0 + 3.0),
+        events=(RejectedAgain(401),),  # logged (its request id), no new pause
         pauses=[TakePause("rejected", "credentials rejected (401)", T0 + 3.0, None, 2)],
+    ),
+    # -- clock skew: a 401 to a request whose Date was more than 5 minutes off ----------------
+    "a 401 with this host 10 minutes behind is clock skew, not the keys": Case(
+        WATCH,
+        Rejected(401, DETAIL, skew=600.4, request_id="req-1"),
+        record(next_poll_at=T0 + 5.0),
+        take=TakePause(
+            "rejected", "clock skew (this host is 600 s behind Uploadcare)", T0 + 5.0, None, 1
+        ),
+        events=(
+            Paused(
+                "clock skew (this host is 600 s behind Uploadcare)", DETAIL, 5.0, "req-1", 600.4
+            ),
+        ),
+    ),
+    "a 401 with this host ahead is clock skew the other way": Case(
+        WATCH,
+        Rejected(401, DETAIL, skew=-301.6),
+        record(next_poll_at=T0 + 5.0),
+        take=TakePause(
+            "rejected", "clock skew (this host is 302 s ahead of Uploadcare)", T0 + 5.0, None, 1
+        ),
+        events=(
+            Paused(
+                "clock skew (this host is 302 s ahead of Uploadcare)", DETAIL, 5.0, None, -301.6
+            ),
+        ),
+    ),
+    "a 401 under a skew of 5 minutes or less is the keys": Case(
+        WATCH,
+        Rejected(401, DETAIL, skew=300.0),
+        record(next_poll_at=T0 + 5.0),
+        take=TakePause("rejected", "credentials rejected (401)", T0 + 5.0, None, 1),
+        events=(Paused("credentials rejected (401)", DETAIL, 5.0),),
+    ),
+    "a 403 under a large skew is still the keys (only a 401 is skew's)": Case(
+        WATCH,
+        Rejected(403, DETAIL, skew=900.0),
+        record(next_poll_at=T0 + 5.0),
+        take=TakePause("rejected", "credentials rejected (403)", T0 + 5.0, None, 1),
+        events=(Paused("credentials rejected (403)", DETAIL, 5.0),),
+    ),
+    "a 401 with no known skew (simple auth, no Date) is the keys": Case(
+        WATCH,
+        Rejected(401, DETAIL, skew=None),
+        record(next_poll_at=T0 + 5.0),
+        take=TakePause("rejected", "credentials rejected (401)", T0 + 5.0, None, 1),
+        events=(Paused("credentials rejected (401)", DETAIL, 5.0),),
+    ),
+    "a skewed 401 after skew pauses grows the pause like any rejection": Case(
+        WATCH,
+        Rejected(401, DETAIL, skew=-1000.0),
+        record(next_poll_at=T0 + 10.0),
+        take=TakePause(
+            "rejected", "clock skew (this host is 1000 s ahead of Uploadcare)", T0 + 10.0, None, 2
+        ),
+        events=(
+            Paused(
+                "clock skew (this host is 1000 s ahead of Uploadcare)", DETAIL, 10.0, None, -1000.0
+            ),
+        ),
+        pauses=[
+            TakePause(
+                "rejected", "clock skew (this host is 999 s ahead of Uploadcare)", T0 - 1, None, 1
+            )
+        ],
     ),
     "a 400 naming no kind is a request rejected": Case(
         WATCH,
@@ -275,6 +343,33 @@ CASES = {
         Transient("timeout"),
         record(failures=5, next_poll_at=T0 + 60.0),
         events=(PollFailed("timeout", 5),),
+    ),
+    # -- request ids: every answer that is not a 2xx carries its own into its event ----------
+    "a 404's request id": Case(
+        WATCH,
+        NotFound("req-404"),
+        record(not_found=1, next_poll_at=T0 + 2.0),
+        events=(NotFoundSeen(1, "req-404"),),
+    ),
+    "a 429's request id": Case(
+        WATCH,
+        Throttled(2.0, "req-429"),
+        record(next_poll_at=T0 + 2.5),
+        take=TakePause("throttled", "throttled (429)", T0 + 2.0),
+        events=(ThrottledSeen(2.0, "req-429"),),
+    ),
+    "a 5xx's request id": Case(
+        WATCH,
+        Transient("http 502", "req-502"),
+        record(failures=1, next_poll_at=T0 + 4.0),
+        events=(PollFailed("http 502", 1, "req-502"),),
+    ),
+    "a rejection's request id, in its pause or in force": Case(
+        WATCH,
+        Rejected(400, "Bad request.", request_id="req-400"),
+        record(next_poll_at=T0 + 3.0),
+        events=(RejectedAgain(400, "req-400"),),
+        pauses=[TakePause("rejected", "request rejected (400)", T0 + 3.0, None, 1)],
     ),
     "garbage is a failure like any other": Case(
         replace(WATCH, failures=1),

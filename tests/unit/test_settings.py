@@ -409,3 +409,68 @@ def test_a_shared_webhook_secret_may_stand_beside_v1a_tenants() -> None:
         }
     )
     assert s.scheme_for("a") == "v1a" and len(s.webhook_secrets) == 1
+
+
+# -- BRIDGE_UPSTREAM_PROXY: a secret (its user-info), http:// only ---------------------------
+
+
+def test_the_upstream_proxy_is_unset_by_default() -> None:
+    assert load({}).upstream_proxy is None
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("http://proxy.internal:3128", "http://proxy.internal:3128"),
+        ("http://proxy.internal:3128/", "http://proxy.internal:3128"),
+        ("http://egress:p%40ss@10.0.0.5:8080", "http://egress:p%40ss@10.0.0.5:8080"),
+        ("http://[fd00::5]:3128", "http://[fd00::5]:3128"),
+        ("http://proxy", "http://proxy"),
+    ],
+)
+def test_an_upstream_proxy_is_an_http_url(value: str, kept: str) -> None:
+    assert load({"BRIDGE_UPSTREAM_PROXY": value}).upstream_proxy == kept
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://egress:hunter22@proxy:3128",  # TLS to the proxy: not supported
+        "socks5://egress:hunter22@proxy:1080",
+        "egress:hunter22@proxy:3128",
+        "http://egress:hunter22@",  # no host
+        "http://egress:hunter22@:3128",
+        "http://egress:hunter22@proxy:99999",
+        "http://egress:hunter22@proxy:0",
+        "http://egress:hunter22@proxy:3128/path",
+        "http://egress:hunter22@proxy:3128?x=1",
+        "http://egress:hunter22@[fd00::5:3128",
+    ],
+)
+def test_a_bad_upstream_proxy_is_a_bad_value_showing_no_user_info(value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load({"BRIDGE_UPSTREAM_PROXY": value})
+    message = str(info.value)
+    assert message.startswith("BRIDGE_UPSTREAM_PROXY: ") and "\n" not in message
+    assert "hunter22" not in message and "egress" not in message
+
+
+def test_the_upstream_proxy_is_a_secret_never_a_flag(tmp_path: Path) -> None:
+    assert "BRIDGE_UPSTREAM_PROXY" in [var.env for var in settings_vars() if var.secret]
+    # A flag is not read (ps would show it); the environment and _FILE are.
+    assert load({}, {"upstream_proxy": "http://proxy:3128"}).upstream_proxy is None
+    path = tmp_path / "proxy"
+    path.write_text("http://egress:s3cr3t-pw@proxy:3128\n")
+    s = load({"BRIDGE_UPSTREAM_PROXY_FILE": str(path)})
+    assert s.upstream_proxy == "http://egress:s3cr3t-pw@proxy:3128"
+    assert "s3cr3t" not in repr(s)
+    # What the log redactor is given: the URL, its user-info and its password.
+    assert {"http://egress:s3cr3t-pw@proxy:3128", "egress:s3cr3t-pw", "s3cr3t-pw"} <= set(
+        s.secret_values()
+    )
+    assert "egress" not in s.secret_values()  # a user name alone may be a common word
+
+
+def test_an_upstream_proxy_without_user_info_holds_no_secret_but_itself() -> None:
+    s = load({"BRIDGE_UPSTREAM_PROXY": "http://proxy:3128"})
+    assert s.secret_values() == ["http://proxy:3128"]
