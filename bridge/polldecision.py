@@ -247,7 +247,9 @@ def decide_poll(
 
 def _rejected(obs: Rejected, base: dict[str, Any], now: float, pauses: PauseView) -> PollDecision:
     key = rejected_key(obs.kind)
-    skewed = obs.code == 401 and obs.skew is not None and abs(obs.skew) > CLOCK_SKEW_LIMIT
+    # Uploadcare has been seen refusing a signed request's Date with a 400 ("Date should
+    # be within 0:15:00 of our server time") as well as the 401 the contract names.
+    skewed = obs.code in (400, 401) and obs.skew is not None and abs(obs.skew) > CLOCK_SKEW_LIMIT
     if skewed:
         assert obs.skew is not None
         reason = clock_skew_reason(obs.skew)

@@ -250,7 +250,24 @@ CASES = {
         take=TakePause("rejected", "credentials rejected (401)", T0 + 5.0, None, 1),
         events=(Paused("credentials rejected (401)", DETAIL, 5.0),),
     ),
-    "a 403 under a large skew is still the keys (only a 401 is skew's)": Case(
+    "a 400 under a large skew is clock skew too (Uploadcare's 'Date should be within')": Case(
+        WATCH,
+        Rejected(400, "Date should be within 0:15:00 of our server time.", skew=1200.0),
+        record(next_poll_at=T0 + 5.0),
+        take=TakePause(
+            "rejected", "clock skew (this host is 1200 s behind Uploadcare)", T0 + 5.0, None, 1
+        ),
+        events=(
+            Paused(
+                "clock skew (this host is 1200 s behind Uploadcare)",
+                "Date should be within 0:15:00 of our server time.",
+                5.0,
+                None,
+                1200.0,
+            ),
+        ),
+    ),
+    "a 403 under a large skew is still the keys (only a 400 or 401 is skew's)": Case(
         WATCH,
         Rejected(403, DETAIL, skew=900.0),
         record(next_poll_at=T0 + 5.0),
