@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -50,8 +52,8 @@ class Metrics:
         )
         self.upstream_requests = Counter(
             "bridge_upstream_requests",
-            "HTTP requests sent to Uploadcare, by status code, 'timeout' or 'error'.",
-            ["code"],
+            "HTTP requests sent to Uploadcare, by status code, 'timeout' or 'error', and project.",
+            ["code", "project"],
             registry=r,
         )
         self.upstream_duration = Histogram(
@@ -61,13 +63,16 @@ class Metrics:
             registry=r,
         )
         self.upstream_throttled = Counter(
-            "bridge_upstream_throttled", "429 answers from Uploadcare.", registry=r
+            "bridge_upstream_throttled",
+            "429 answers from Uploadcare, by project.",
+            ["project"],
+            registry=r,
         )
-        self._paused_reasons: set[str] = set()
+        self._paused_reasons: set[tuple[str, str]] = set()
         self.upstream_paused = Gauge(
             "bridge_upstream_paused",
-            "1 while polling is paused for that reason.",
-            ["reason"],
+            "1 while polling of the project is paused for that reason.",
+            ["reason", "project"],
             registry=r,
         )
         self.callback_attempts = Counter(
@@ -139,12 +144,18 @@ class Metrics:
         for state in STATES:
             self.jobs.labels(state).set(counts.get(state, 0))
 
-    def set_paused(self, reasons: set[str]) -> None:
-        """1 for each reason polling is paused for; a reason that ended stays, at 0."""
-        for reason in self._paused_reasons - reasons:
-            self.upstream_paused.labels(reason).set(0)
-        for reason in reasons:
-            self.upstream_paused.labels(reason).set(1)
+    def add_projects(self, projects: Iterable[str]) -> None:
+        """The configured projects' series start at zero, so rates and absent() behave
+        from the first scrape."""
+        for project in projects:
+            self.upstream_throttled.labels(project)
+
+    def set_paused(self, reasons: set[tuple[str, str]]) -> None:
+        """1 for each (reason, project) polling is paused for; one that ended stays, at 0."""
+        for reason, project in self._paused_reasons - reasons:
+            self.upstream_paused.labels(reason, project).set(0)
+        for reason, project in reasons:
+            self.upstream_paused.labels(reason, project).set(1)
         self._paused_reasons |= reasons
 
     def set_backlog(self, backlog: dict[str, tuple[int, float | None]], now: float) -> None:
