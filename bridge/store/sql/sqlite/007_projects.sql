@@ -4,13 +4,11 @@
 -- (project, kind, token) watch, and every row made before projects existed belongs to
 -- the project 'default' (UPLOADCARE_PUBLIC_KEY / UPLOADCARE_SECRET_KEY).
 
--- watches: UNIQUE (kind, token) is part of the table in SQLite, so the table is rebuilt.
--- legacy_alter_table keeps jobs' REFERENCES watches (id) naming "watches" through the
--- rename (otherwise it would follow the old table to its new name, and be dropped with it):
--- the new table keeps every id, so each job still finds its watch.
-PRAGMA legacy_alter_table = ON;
-ALTER TABLE watches RENAME TO watches_v6;
-CREATE TABLE watches (
+-- watches: UNIQUE (kind, token) is part of the table in SQLite, so the table is rebuilt
+-- the documented way (a new table, the rows copied, the old one dropped, the new one
+-- renamed), with foreign keys off for the migration (the driver's _migrate_sync): jobs'
+-- REFERENCES watches (id) then names the new table, which keeps every id.
+CREATE TABLE watches_v7 (
     id              INTEGER PRIMARY KEY,
     project         TEXT    NOT NULL DEFAULT 'default',
     kind            TEXT    NOT NULL,
@@ -32,15 +30,15 @@ CREATE TABLE watches (
     armed_at        REAL,
     UNIQUE (project, kind, token)
 );
-INSERT INTO watches (id, project, kind, token, owner, status, error, result, polls, not_found,
+INSERT INTO watches_v7 (id, project, kind, token, owner, status, error, result, polls, not_found,
                      failures, interval, last_polled_at, last_change_at, next_poll_at,
                      lease_owner, lease_until, created_at, armed_at)
 SELECT id, 'default', kind, token, owner, status, error, result, polls, not_found, failures,
        interval, last_polled_at, last_change_at, next_poll_at, lease_owner, lease_until,
        created_at, armed_at
-  FROM watches_v6;
-DROP TABLE watches_v6;
-PRAGMA legacy_alter_table = OFF;
+  FROM watches;
+DROP TABLE watches;
+ALTER TABLE watches_v7 RENAME TO watches;
 CREATE INDEX watches_due ON watches (next_poll_at) WHERE next_poll_at IS NOT NULL;
 CREATE INDEX watches_owner_due ON watches (owner, next_poll_at) WHERE next_poll_at IS NOT NULL;
 
