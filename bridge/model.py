@@ -257,7 +257,7 @@ def retry_delay(
 def callback_body(
     *,
     job_id: str,
-    project: str = DEFAULT_PROJECT,
+    project: str,
     kind: str,
     token: int,
     outcome: str,
