@@ -23,10 +23,10 @@ SPEC_FAMILIES = {
     "bridge_jobs_registered": ("counter", {"kind"}),
     "bridge_jobs": ("gauge", {"state"}),
     "bridge_outcomes": ("counter", {"kind", "outcome"}),
-    "bridge_upstream_requests": ("counter", {"code"}),
+    "bridge_upstream_requests": ("counter", {"code", "project"}),
     "bridge_upstream_request_duration_seconds": ("histogram", set()),
-    "bridge_upstream_throttled": ("counter", set()),
-    "bridge_upstream_paused": ("gauge", {"reason"}),
+    "bridge_upstream_throttled": ("counter", {"project"}),
+    "bridge_upstream_paused": ("gauge", {"reason", "project"}),
     "bridge_callback_attempts": ("counter", {"result"}),
     "bridge_callback_duration_seconds": ("histogram", set()),
     "bridge_deliveries": ("counter", {"outcome"}),
@@ -125,7 +125,10 @@ async def test_readyz_is_503_when_the_database_does_not_answer(
         await app[keys.STORE].close()
         resp = await c.get("/readyz")
         assert resp.status == 503
-        assert (await resp.json())["upstream"] == {"state": "ok"}
+        assert (await resp.json())["upstream"] == {
+            "state": "ok",
+            "projects": {"default": {"state": "ok"}},
+        }
         assert (await c.get("/healthz")).status == 200
         # API calls answer 503 problem+json rather than crash.
         resp = await c.get("/v1/jobs", headers=H)
