@@ -370,6 +370,7 @@ class Recorded:
     token: int
     outcome: str
     delivery: DeliveryWork | None = None
+    project: str = DEFAULT_PROJECT
 
 
 # Standard Webhooks' signature schemes: HMAC-SHA256 with a shared secret, Ed25519.

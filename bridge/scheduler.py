@@ -738,7 +738,14 @@ class Scheduler:
     def _outcomes(self, recorded: list[Recorded]) -> None:
         for r in recorded:
             self.metrics.outcomes.labels(r.kind, r.outcome).inc()
-            log.info("job_outcome", job_id=r.job_id, kind=r.kind, token=r.token, outcome=r.outcome)
+            log.info(
+                "job_outcome",
+                job_id=r.job_id,
+                project=r.project,
+                kind=r.kind,
+                token=r.token,
+                outcome=r.outcome,
+            )
 
     # -- delivery --------------------------------------------------------------------------
 

@@ -217,7 +217,9 @@ def outcome(
             update |= {"lease_owner": owner, "lease": lease}
             work = first_delivery(job, update["body"], rec.polled_at)
         updates.append(update)
-        recorded.append(Recorded(job["id"], job["kind"], job["token"], rec.outcome, work))
+        recorded.append(
+            Recorded(job["id"], job["kind"], job["token"], rec.outcome, work, job["project"])
+        )
     return updates, recorded
 
 

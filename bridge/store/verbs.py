@@ -368,7 +368,9 @@ def expire_due(now: float) -> Program[list[Recorded]]:
         return []
     yield q.many("hand_outcome", [rules.expiry(r, now) for r in expiring])
     yield q.exec("idle_watches", watch_ids=watch_ids)
-    return [Recorded(r["id"], r["kind"], r["token"], "expired") for r in expiring]
+    return [
+        Recorded(r["id"], r["kind"], r["token"], "expired", project=r["project"]) for r in expiring
+    ]
 
 
 def claim_due_deliveries(

@@ -1414,11 +1414,15 @@ async def test_a_project_pause_holds_and_moves_only_that_projects_deadlines(
     )
     assert await store.pauses() == [("shop:throttled", "throttled (429)", T0 + 15, None, "shop")]
     # The blog project was never paused: its job expires on time; shop's waits.
-    assert await store.expire_due(now=T0 + 10) == [Recorded(other.id, "video", 1, "expired")]
+    assert await store.expire_due(now=T0 + 10) == [
+        Recorded(other.id, "video", 1, "expired", project="blog")
+    ]
     assert await store.expire_due(now=T0 + 15) == []
     moved = await store.get_job("alpha", held.id)
     assert moved is not None and moved.deadline_at == T0 + 20
-    assert await store.expire_due(now=T0 + 20) == [Recorded(held.id, "video", 1, "expired")]
+    assert await store.expire_due(now=T0 + 20) == [
+        Recorded(held.id, "video", 1, "expired", project="shop")
+    ]
     # A lift of a project's pause removes that project's key only.
     await store.set_pause(
         "shop:rejected", "credentials rejected (401)", T0 + 60, None, project="shop", at=T0 + 30

@@ -356,7 +356,7 @@ def test_decide_poll(name: str) -> None:
 
 
 def test_the_not_found_error_names_the_project() -> None:
-    assert NOT_FOUND_ERROR == not_found_error("default")
+    assert not_found_error("default") == NOT_FOUND_ERROR
     assert not_found_error("staging") == "token not known to Uploadcare project staging"
 
 
