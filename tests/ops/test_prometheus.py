@@ -58,10 +58,18 @@ FAMILIES: dict[str, tuple[str, set[str], dict[str, set[str]]]] = {
         {"state": {"tracking", "delivering", "delivered", "undeliverable", "canceled"}},
     ),
     "bridge_outcomes": ("counter", {"kind", "outcome"}, {}),
-    "bridge_upstream_requests": ("counter", {"code"}, {"code": {"200", "401"}}),
+    "bridge_upstream_requests": (
+        "counter",
+        {"code", "project"},
+        {"code": {"200", "401"}, "project": {"default"}},
+    ),
     "bridge_upstream_request_duration_seconds": ("histogram", set(), {}),
-    "bridge_upstream_throttled": ("counter", set(), {}),
-    "bridge_upstream_paused": ("gauge", {"reason"}, {"reason": {"credentials rejected (401)"}}),
+    "bridge_upstream_throttled": ("counter", {"project"}, {"project": {"default"}}),
+    "bridge_upstream_paused": (
+        "gauge",
+        {"reason", "project"},
+        {"reason": {"credentials rejected (401)"}, "project": {"default"}},
+    ),
     "bridge_callback_attempts": (
         "counter",
         {"result"},
@@ -466,11 +474,11 @@ async def test_prometheus_scrapes_the_bridges_and_answers_queries(stack: Stack) 
     registered = await stack.api("query", query=f'sum(bridge_jobs_registered_total{{job="{JOB}"}})')
     assert registered["result"][0]["value"][1] == "3"
     paused = await stack.api(
-        "query", query=f'max by (reason) (bridge_upstream_paused{{job="{JOB}"}})'
+        "query", query=f'max by (project, reason) (bridge_upstream_paused{{job="{JOB}"}})'
     )
-    assert {r["metric"]["reason"]: r["value"][1] for r in paused["result"]} == {
-        "credentials rejected (401)": "1"
-    }
+    assert {
+        (r["metric"]["project"], r["metric"]["reason"]): r["value"][1] for r in paused["result"]
+    } == {("default", "credentials rejected (401)"): "1"}
 
 
 @module_loop
@@ -497,6 +505,7 @@ async def test_alert_rules_evaluate_in_prometheus_and_only_the_right_one_is_acti
     (alert,) = active["BridgeUpstreamCredentialsRejected"]["alerts"]
     assert alert["state"] in {"pending", "firing"}
     assert alert["labels"]["reason"] == "credentials rejected (401)"
+    assert alert["labels"]["project"] == "default"
     assert alert["labels"]["severity"] == "critical"
 
 
