@@ -125,3 +125,49 @@ def test_serve_refuses_no_project_and_a_project_without_its_secret_key() -> None
     del env["UPLOADCARE_SECRET_KEY"]
     with pytest.raises(SettingsError, match=r"^UPLOADCARE_SECRET_KEY: not set"):
         load(env).check_serve()
+
+
+# -- the README's worked example, loaded as written -----------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+EXAMPLE_HEADING = "### Several Uploadcare projects"
+
+
+def readme_example() -> str:
+    """The first ``sh`` block under the README's heading, exactly as written."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(EXAMPLE_HEADING) :]
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start : section.index("```", start)]
+
+
+def test_the_readme_example_for_three_projects_and_two_tenants_loads(tmp_path: Path) -> None:
+    env: dict[str, str] = {}
+    for line in readme_example().splitlines():
+        name, sep, value = line.partition("=")
+        assert sep and name.isupper(), line  # an environment file: NAME=value lines only
+        env[name] = value
+    # Its secret files, made where the example's paths point (under tmp_path here).
+    secrets = {
+        "bridge-api-keys": "web:web-secret-0123456789,ci:ci-secret-0123456789",
+        "uploadcare-production": "sec-production",
+        "uploadcare-shop": "sec-shop",
+        "uploadcare-staging": "sec-staging",
+    }
+    for name, value in env.items():
+        if name.endswith("_FILE"):
+            path = tmp_path / Path(value).relative_to("/run/secrets")
+            path.write_text(secrets[path.name] + "\n")
+            env[name] = str(path)
+
+    s = load(env)
+    s.check_serve()  # serve would start with it
+    assert s.tenants == ("web", "ci")
+    assert {name: (p.public_key, p.secret_key) for name, p in s.projects.items()} == {
+        "default": ("3e3bd6b2a1c04f5b8f2d", "sec-production"),
+        "shop": ("8c41f0e9d27a4b6c9e13", "sec-shop"),
+        "staging": ("b7d2e4a6c8f01357a9e2", "sec-staging"),
+    }
+    assert s.projects_for("web") == ("default", "shop")
+    assert s.projects_for("ci") == ("staging",)
+    assert {"sec-production", "sec-shop", "sec-staging"} <= set(s.secret_values())
