@@ -21,7 +21,6 @@ from yarl import URL
 from bridge import ijson, keys
 from bridge.callback_hosts import HOSTS_MESSAGE
 from bridge.model import (
-    DEFAULT_PROJECT,
     DEFAULT_REDELIVERIES,
     DELIVERED,
     KINDS,
@@ -47,7 +46,12 @@ MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 10.0
 MAX_METADATA = 4 * 1024
 MAX_URL = 2048
-_FIELDS = frozenset({"token", "kind", "callback_url", "metadata"})
+_FIELDS = frozenset({"token", "kind", "project", "callback_url", "metadata"})
+# Fixed sentences: an answer never repeats the project the caller named, so it cannot tell
+# which projects exist beyond the tenant's own.
+PROJECT_REQUIRED = "project is required"
+PROJECT_NOT_ALLOWED = "project is not allowed"
+_PROJECT = re.compile(r"^[a-z0-9-]{1,32}\Z")
 _KIND_MESSAGE = "kind must be " + " or ".join(repr(k) for k in KINDS)
 # \Z, not $: "$" also matches before a trailing newline.
 _JOB_ID = re.compile(r"^job_[0-9a-z]{26}\Z")
@@ -275,6 +279,18 @@ def _callback_url(value: Any) -> str | None:
     return None
 
 
+def _registration_project(
+    allowed: tuple[str, ...], data: dict[str, Any]
+) -> tuple[str | None, str | None]:
+    """The project a registration names, or the one its tenant may use when it names none."""
+    if "project" not in data:
+        return (allowed[0], None) if len(allowed) == 1 else (None, PROJECT_REQUIRED)
+    project = data["project"]
+    if isinstance(project, str) and project in allowed:
+        return project, None
+    return None, PROJECT_NOT_ALLOWED
+
+
 async def _validate_registration(request: web.Request, tenant: str, data: Any) -> NewJob:
     if not isinstance(data, dict):
         _invalid([{"field": "", "message": "the body must be a JSON object"}])
@@ -294,6 +310,10 @@ async def _validate_registration(request: web.Request, tenant: str, data: Any) -
     kind = data.get("kind", KINDS[0])
     if kind not in KINDS:
         errors.append({"field": "kind", "message": _KIND_MESSAGE})
+
+    project, message = _registration_project(_projects(request, tenant), data)
+    if message:
+        errors.append({"field": "project", "message": message})
 
     url = data.get("callback_url")
     url_problem = "callback_url is required" if url is None else _callback_url(url)
@@ -317,14 +337,21 @@ async def _validate_registration(request: web.Request, tenant: str, data: Any) -
     if errors:
         _invalid(errors)
 
-    assert isinstance(url, str) and token is not None
+    assert isinstance(url, str) and isinstance(project, str) and token is not None
     if not request.app[keys.SETTINGS].callback_hosts.allows(tenant, url):
         _invalid([{"field": "callback_url", "message": HOSTS_MESSAGE}])
     try:
         await request.app[keys.POLICY].check_url(url)
     except PolicyViolation as exc:
         _invalid([{"field": "callback_url", "message": str(exc)}])
-    return NewJob(tenant=tenant, kind=kind, token=token, callback_url=url, metadata=metadata_text)
+    return NewJob(
+        tenant=tenant,
+        kind=kind,
+        token=token,
+        callback_url=url,
+        metadata=metadata_text,
+        project=project,
+    )
 
 
 def _location(job_id: str) -> dict[str, str]:
@@ -353,6 +380,7 @@ async def register(request: web.Request) -> web.Response:
         log.info(
             "job_registered",
             job_id=job.id,
+            project=job.project,
             kind=job.kind,
             token=job.token,
             callback_url=redact_url(job.callback_url),
@@ -392,6 +420,14 @@ def _limit(value: str) -> tuple[Any, str | None]:
     return None, "limit must be an integer from 1 to 500"
 
 
+def _project_filter(value: str) -> tuple[Any, str | None]:
+    # A name the tenant may not use (or no longer may) matches none of its jobs, or the
+    # jobs it registered there before: no need to refuse it.
+    if _PROJECT.match(value):
+        return value, None
+    return None, "project must be 1 to 32 lower-case letters, digits or '-'"
+
+
 def _cursor(value: str) -> tuple[Any, str | None]:
     # Opaque: the store opens it for the tenant (BadCursor, see list_jobs).
     return value, None
@@ -401,6 +437,7 @@ def _cursor(value: str) -> tuple[Any, str | None]:
 _LIST_PARAMS: dict[str, tuple[str, Callable[[str], tuple[Any, str | None]]]] = {
     "state": ("state", _choice("state", STATES)),
     "kind": ("kind", _choice("kind", KINDS)),
+    "project": ("project", _project_filter),
     "token": ("token", _token),
     "limit": ("limit", _limit),
     "cursor": ("before", _cursor),
@@ -502,10 +539,9 @@ def _time(value: Any, field: str) -> tuple[float | None, str | None]:
 
 
 def _projects(request: web.Request, tenant: str) -> tuple[str, ...]:
-    """The projects whose jobs this tenant may redeliver. Projects do not exist yet: every
-    job is in DEFAULT_PROJECT. (Issue 14 makes this the tenant's projects, and passes the
-    chosen one to the store as a filter.)"""
-    return (DEFAULT_PROJECT,)
+    """The projects whose tokens this tenant may register, and whose jobs it may name in
+    a bulk redelivery (BRIDGE_TENANT_PROJECTS; ``default`` for a tenant not named)."""
+    return request.app[keys.SETTINGS].projects_for(tenant)
 
 
 def _redelivery_limit(value: Any) -> tuple[int | None, str | None]:
@@ -532,8 +568,12 @@ def _validate_redeliveries(request: web.Request, tenant: str, data: Any) -> dict
         else:
             must = f"{field} must be " + " or ".join(repr(v) for v in allowed)
             errors.append({"field": field, "message": must})
-    if "project" in data and data["project"] not in _projects(request, tenant):
-        errors.append({"field": "project", "message": "project is not allowed"})
+    if "project" in data:
+        project = data["project"]
+        if isinstance(project, str) and project in _projects(request, tenant):
+            out["project"] = project
+        else:
+            errors.append({"field": "project", "message": PROJECT_NOT_ALLOWED})
     parsers = (("since", _time), ("until", _time), ("limit", lambda v, _: _redelivery_limit(v)))
     for field, parse in parsers:
         if field in data:

@@ -19,7 +19,7 @@ from bridge.logs import redactor
 from bridge.metrics import Metrics
 from bridge.netpolicy import NetworkPolicy
 from bridge.pacing import PauseBoard, RateLimiter, retry_gate
-from bridge.scheduler import Scheduler
+from bridge.scheduler import ProjectClients, Scheduler
 from bridge.settings import Settings
 from bridge.store import Store, open_store
 from bridge.upstream import UpstreamClient
@@ -40,10 +40,11 @@ def create_app(
     app = web.Application(middlewares=[api.request_context, api.bearer_auth])
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock
-    app[keys.METRICS] = Metrics()
+    app[keys.METRICS] = metrics = Metrics()
+    metrics.add_projects(settings.projects)
     app[keys.AUTH] = Authenticator(settings.api_keys)
     app[keys.POLICY] = policy or NetworkPolicy(allow=settings.callback_allow_networks)
-    pauses = PauseBoard(clock)
+    pauses = PauseBoard(clock, settings.projects)
     app[keys.PAUSES] = pauses
     api.add_routes(app)
     app.cleanup_ctx.append(_store_ctx(store))
@@ -95,36 +96,42 @@ async def open_scheduler(
 ) -> AsyncIterator[Scheduler]:
     """A scheduler and the client sessions it polls and delivers on, not started.
 
-    The app starts it (and stops it before the sessions close); a test steps it with
-    ``run_once`` on a virtual clock passed as both ``clock`` and ``monotonic``.
+    One ``UpstreamClient`` per configured project, with that project's keys, and one rate
+    limiter per project (BRIDGE_UPSTREAM_RPS is each project's); the clients share one
+    session. The app starts the scheduler (and stops it before the sessions close); a test
+    steps it with ``run_once`` on a virtual clock passed as both ``clock`` and ``monotonic``.
     """
 
-    limiter = RateLimiter(settings.upstream_rps, clock=monotonic)
-    project = "default"
-    metrics.add_project(project)
+    limiters = {
+        name: RateLimiter(settings.upstream_rps, clock=monotonic) for name in settings.projects
+    }
+    metrics.add_projects(settings.projects)
     async with (
         # trust_env stays False: no proxy from HTTP(S)_PROXY; BRIDGE_UPSTREAM_PROXY only,
         # for upstream requests only (the callback session refuses every proxy).
         aiohttp.ClientSession(trust_env=False) as upstream_session,
         callback_session(policy, settings.callback_concurrency) as callbacks,
     ):
-        upstream = UpstreamClient(
-            upstream_session,
-            base_url=settings.upstream_url,
-            public_key=settings.uploadcare_public_key,
-            secret_key=settings.uploadcare_secret_key,
-            auth="simple" if settings.upstream_auth == "simple" else "signed",
-            timeout=settings.upstream_timeout,
-            on_request=metrics.upstream_request,
-            on_clock_skew=metrics.clock_skew,
-            before_retry=retry_gate(pauses, limiter),
-            project=project,
-            proxy=settings.upstream_proxy,
-        )
+        clients = {
+            project.name: UpstreamClient(
+                upstream_session,
+                base_url=settings.upstream_url,
+                public_key=project.public_key,
+                secret_key=project.secret_key,
+                auth="simple" if settings.upstream_auth == "simple" else "signed",
+                timeout=settings.upstream_timeout,
+                on_request=metrics.upstream_request,
+                on_clock_skew=metrics.clock_skew,
+                before_retry=retry_gate(pauses, limiters[project.name], project.name),
+                project=project.name,
+                proxy=settings.upstream_proxy,
+            )
+            for project in settings.projects.values()
+        }
         yield Scheduler(
             settings=settings,
             store=store,
-            upstream=upstream,
+            upstream=ProjectClients(clients),
             deliverer=Deliverer(callbacks, timeout=settings.callback_timeout, clock=clock),
             secrets=secrets,
             metrics=metrics,
@@ -132,7 +139,7 @@ async def open_scheduler(
             clock=clock,
             monotonic=monotonic,
             rand=rand,
-            limiter=limiter,
+            limiters=limiters,
         )
 
 

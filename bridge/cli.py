@@ -98,6 +98,7 @@ async def _serve(settings: Settings) -> None:
         port=port,
         database=str(settings.database),
         tenants=list(settings.tenants),
+        projects=list(settings.projects),
         auth="none" if settings.insecure_no_auth and not settings.api_keys else "bearer",
     )
     await stop.wait()

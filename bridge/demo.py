@@ -557,7 +557,10 @@ def summary_rows(
     states = Counter(str(j["state"]) for j in jobs.values())
     outcomes = Counter(str(j["outcome"]) for j in jobs.values() if j["outcome"])
     per_job = [len(fake.fake.status_requests(kind=t.kind, token=t.token)) for t in tracked]
-    codes = metrics.get("bridge_upstream_requests_total", {})
+    codes: dict[str, float] = {}
+    for labels, n in metrics.get("bridge_upstream_requests_total", {}).items():
+        code = labels.split(",")[0]  # "code,project": summed over projects
+        codes[code] = codes.get(code, 0.0) + n
     attempts = sum(int(j["delivery"]["attempts"]) for j in jobs.values())
     results = metrics.get("bridge_callback_attempts_total", {})
     first = receiver.verified_by_job()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -58,7 +60,7 @@ class Metrics:
         )
         self.upstream_requests = Counter(
             "bridge_upstream_requests",
-            "HTTP requests sent to Uploadcare, by status code, 'timeout' or 'error'.",
+            "HTTP requests sent to Uploadcare, by status code, 'timeout' or 'error', and project.",
             ["code", "project"],
             registry=r,
         )
@@ -69,12 +71,15 @@ class Metrics:
             registry=r,
         )
         self.upstream_throttled = Counter(
-            "bridge_upstream_throttled", "429 answers from Uploadcare.", ["project"], registry=r
+            "bridge_upstream_throttled",
+            "429 answers from Uploadcare, by project.",
+            ["project"],
+            registry=r,
         )
-        self._paused_reasons: dict[str, set[str]] = {}  # project -> labels ever set
+        self._paused_reasons: set[tuple[str, str]] = set()  # (label, project) ever set
         self.upstream_paused = Gauge(
             "bridge_upstream_paused",
-            "1 while polling is paused for that reason.",
+            "1 while polling of the project is paused for that reason.",
             ["reason", "project"],
             registry=r,
         )
@@ -153,9 +158,11 @@ class Metrics:
         for state in STATES:
             self.jobs.labels(state).set(counts.get(state, 0))
 
-    def add_project(self, project: str) -> None:
-        """A project polled by this process: its counters start at zero."""
-        self.upstream_throttled.labels(project)
+    def add_projects(self, projects: Iterable[str]) -> None:
+        """The configured projects' series start at zero, so rates and absent() behave
+        from the first scrape."""
+        for project in projects:
+            self.upstream_throttled.labels(project)
 
     def upstream_request(self, code: str, seconds: float, project: str) -> None:
         """``UpstreamClient``'s ``on_request`` hook: one HTTP request sent upstream."""
@@ -168,17 +175,16 @@ class Metrics:
         """``UpstreamClient``'s ``on_clock_skew`` hook."""
         self.upstream_clock_skew.labels(project).set(seconds)
 
-    def set_paused(self, reasons: set[str], project: str = DEFAULT_PROJECT) -> None:
-        """1 for each reason ``project``'s polling is paused for; a reason that ended stays,
-        at 0. A clock-skew reason is labelled ``clock skew`` alone: its size would make a
-        new label value at every change."""
-        labels = {paused_label(reason) for reason in reasons}
-        seen = self._paused_reasons.setdefault(project, set())
-        for label in seen - labels:
+    def set_paused(self, reasons: set[tuple[str, str]]) -> None:
+        """1 for each (reason, project) polling is paused for; one that ended stays, at 0.
+        A clock-skew reason is labelled ``clock skew`` alone: its size would make a new
+        label value at every change."""
+        labels = {(paused_label(reason), project) for reason, project in reasons}
+        for label, project in self._paused_reasons - labels:
             self.upstream_paused.labels(label, project).set(0)
-        for label in labels:
+        for label, project in labels:
             self.upstream_paused.labels(label, project).set(1)
-        seen |= labels
+        self._paused_reasons |= labels
 
     def set_backlog(self, backlog: dict[str, tuple[int, float | None]], now: float) -> None:
         for work in ("poll", "delivery"):

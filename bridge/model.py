@@ -34,8 +34,8 @@ OUTCOMES: Final = ("finished", "failed", "canceled", "expired", "not_found")
 
 MAX_TOKEN: Final = 2**53 - 1
 
-# The Uploadcare project every job belongs to until several can be configured (issue 14):
-# the callback body and the bulk redelivery filter name it.
+# The Uploadcare project UPLOADCARE_PUBLIC_KEY / UPLOADCARE_SECRET_KEY configure, and that
+# every job registered before projects existed belongs to.
 DEFAULT_PROJECT: Final = "default"
 
 # What an attempt keeps of the receiver's answer: the first KiB of its body, and its
@@ -128,6 +128,7 @@ class Job:
 
     id: str
     tenant: str
+    project: str
     kind: str
     token: int
     callback_url: str
@@ -153,6 +154,7 @@ class Job:
     def to_api(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "project": self.project,
             "kind": self.kind,
             "token": self.token,
             "callback_url": redact_url(self.callback_url),
@@ -219,6 +221,7 @@ class NewJob:
     token: int
     callback_url: str
     metadata: str | None  # compact JSON text
+    project: str = DEFAULT_PROJECT
 
 
 # -- pure decisions --------------------------------------------------------------------------
@@ -254,6 +257,7 @@ def retry_delay(
 def callback_body(
     *,
     job_id: str,
+    project: str,
     kind: str,
     token: int,
     outcome: str,
@@ -268,7 +272,7 @@ def callback_body(
         "timestamp": rfc3339(seen_at),
         "data": {
             "job_id": job_id,
-            "project": DEFAULT_PROJECT,
+            "project": project,
             "kind": kind,
             "token": token,
             "status": outcome,
@@ -281,14 +285,22 @@ def callback_body(
 
 
 EXPIRED_ERROR: Final = "the conversion was still not finished at the job's deadline"
-# 404s in a row after which a watch's jobs end as not_found; the sentence says the number.
+# 404s in a row after which a watch's jobs end as not_found.
 NOT_FOUND_LIMIT: Final = 3
-NOT_FOUND_ERROR: Final = "Uploadcare does not know this token (404 three times in a row)"
+
+
+def not_found_error(project: str) -> str:
+    """The error of a watch's jobs after NOT_FOUND_LIMIT 404s in a row: the token is not
+    one of that project's (a staging token registered against production, say)."""
+    return f"token not known to Uploadcare project {project}"
+
+
+NOT_FOUND_ERROR: Final = not_found_error(DEFAULT_PROJECT)
 
 
 @dataclass(frozen=True, slots=True)
 class WatchWork:
-    """A claimed (kind, token) watch, due for a poll."""
+    """A claimed (project, kind, token) watch, due for a poll."""
 
     id: int
     kind: str
@@ -300,6 +312,7 @@ class WatchWork:
     failures: int
     armed_at: float  # when this round of tracking began: the poll plan's zero
     last_polled_at: float | None
+    project: str = DEFAULT_PROJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +370,7 @@ class Recorded:
     token: int
     outcome: str
     delivery: DeliveryWork | None = None
+    project: str = DEFAULT_PROJECT
 
 
 # Standard Webhooks' signature schemes: HMAC-SHA256 with a shared secret, Ed25519.

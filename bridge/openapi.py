@@ -48,6 +48,13 @@ def _up_to(limit: int) -> str:
 
 # A token as a string: the digits of 1 to 2^53-1, exactly what the server accepts.
 _TOKEN_DIGITS = {"type": "string", "pattern": _up_to(MAX_TOKEN)}
+# An Uploadcare project's name (BRIDGE_UPLOADCARE_PROJECTS; "default" for
+# UPLOADCARE_PUBLIC_KEY's).
+_PROJECT: dict[str, Any] = {
+    "type": "string",
+    "pattern": "^[a-z0-9-]{1,32}$",
+    "examples": [DEFAULT_PROJECT],
+}
 _TOKEN_IN = {
     "description": "1 to 2^53-1: a JSON number written without a fraction or exponent "
     "(1.0 is refused, though JSON Schema counts it as an integer), or a string of its digits",
@@ -146,6 +153,13 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "token": _TOKEN_IN,
             "kind": {"enum": list(KINDS), "default": KINDS[0]},
+            "project": {
+                **_PROJECT,
+                "description": "the Uploadcare project the token comes from: one the tenant "
+                "may use (BRIDGE_TENANT_PROJECTS). May be omitted when the tenant may use "
+                "only one; otherwise 422 'project is required'. A project the tenant may "
+                "not use, or that does not exist: 422 'project is not allowed'",
+            },
             "callback_url": {
                 "type": "string",
                 "format": "uri",
@@ -165,6 +179,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": [
             "id",
+            "project",
             "kind",
             "token",
             "callback_url",
@@ -179,6 +194,7 @@ _SCHEMAS: dict[str, Any] = {
         ],
         "properties": {
             "id": _JOB_ID,
+            "project": {**_PROJECT, "description": "the Uploadcare project of the token"},
             "kind": {"enum": list(KINDS)},
             "token": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN},
             "callback_url": {"type": "string", "description": "user-info shown as ***"},
@@ -284,9 +300,9 @@ _SCHEMAS: dict[str, Any] = {
             "state": {"enum": [UNDELIVERABLE, DELIVERED]},
             "kind": {"enum": list(KINDS)},
             "project": {
-                "enum": [DEFAULT_PROJECT],
-                "description": "the Uploadcare project; every job is in project "
-                f"{DEFAULT_PROJECT!r} today, and any other is refused (422)",
+                **_PROJECT,
+                "description": "only the jobs of this Uploadcare project: one the tenant may "
+                "use (422 'project is not allowed' otherwise)",
             },
             "since": {
                 **_TIME,
@@ -390,8 +406,9 @@ _PATHS: dict[str, Any] = {
                 "413": _problem("the body is over 64 KiB"),
                 "415": _problem("the body is not application/json"),
                 "422": _problem(
-                    "validation failed, the network policy included; an unknown field is "
-                    'reported once, as field "(unknown)"'
+                    "validation failed, the network policy and the tenant's projects "
+                    "included ('project is required', 'project is not allowed'); an unknown "
+                    'field is reported once, as field "(unknown)"'
                 ),
             },
         },
@@ -402,6 +419,7 @@ _PATHS: dict[str, Any] = {
             "parameters": [
                 _query("state", {"enum": list(STATES)}),
                 _query("kind", {"enum": list(KINDS)}),
+                _query("project", _PROJECT),
                 _query("token", _TOKEN_DIGITS),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}),
                 _query("cursor", {"type": "string"}),
@@ -542,7 +560,8 @@ _EVENT_ERRORS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "not_found": (
         {"type": "string", "description": "a sentence saying why", "examples": [NOT_FOUND_ERROR]},
-        "Uploadcare does not know the token (it answered 404 three times in a row).",
+        "Uploadcare does not know the token in the job's project (it answered 404 three "
+        "times in a row); the error names the project.",
     ),
 }
 
@@ -583,10 +602,8 @@ def _event_schema(kind: str, outcome: str) -> dict[str, Any]:
                 "properties": {
                     "job_id": _JOB_ID,
                     "project": {
-                        "type": "string",
-                        "pattern": "^[a-z0-9-]{1,32}$",
+                        **_PROJECT,
                         "description": "the Uploadcare project the token comes from",
-                        "examples": [DEFAULT_PROJECT],
                     },
                     "kind": {"const": kind},
                     "token": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN},

@@ -1,4 +1,5 @@
-"""Upstream politeness: the pauses that stop all (or one kind's) polling, and the rate limit."""
+"""Upstream politeness: the pauses that stop a project's polling (or one of its kinds'),
+and the rate limit (one per project: Uploadcare throttles each project on its own)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,31 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bridge.model import rfc3339
+from bridge.model import DEFAULT_PROJECT, rfc3339
+
+# Pause keys, one set per project: "<project>:throttled" (a 429), "<project>:rejected"
+# (keys or request refused) and "<project>:rejected:<kind>" (a 400 naming one kind's
+# feature). Project names hold no ":", so a key's project is what comes before the first.
+THROTTLED = "throttled"
+REJECTED = "rejected"
+
+
+def throttled_key(project: str) -> str:
+    return f"{project}:{THROTTLED}"
+
+
+def rejected_key(project: str, kind: str | None) -> str:
+    """The pause key a rejection takes: the project's (every kind), or one kind's."""
+    return f"{project}:{REJECTED}" if kind is None else f"{project}:{REJECTED}:{kind}"
+
+
+def key_project(key: str) -> str:
+    """The project a pause key belongs to."""
+    return key.partition(":")[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +39,7 @@ class Pause:
     reason: str  # a sentence, e.g. "credentials rejected (401)"; also the metric label
     until: float
     kind: str | None = None  # None: every kind
+    project: str = DEFAULT_PROJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,31 +55,43 @@ class TakePause:
     until: float
     kind: str | None = None
     rejections: int | None = None
+    project: str = DEFAULT_PROJECT
 
 
 class PauseStore(Protocol):
     """The two store verbs pauses travel by between the processes on one database."""
 
     async def set_pause(
-        self, key: str, reason: str, until: float, kind: str | None, *, at: float | None = None
+        self,
+        key: str,
+        reason: str,
+        until: float,
+        kind: str | None,
+        *,
+        project: str = DEFAULT_PROJECT,
+        at: float | None = None,
     ) -> None: ...
 
-    async def pauses(self) -> list[tuple[str, str, float, str | None]]: ...
+    async def pauses(self) -> list[tuple[str, str, float, str | None, str]]: ...
 
 
 class PauseBoard:
     """The one owner of upstream pauses.
 
-    It holds the pauses in force (keys ``throttled``, ``rejected``, ``rejected:<kind>``),
-    the count of rejections in a row under each key, which of its pauses changed since
-    they were last written to the store (``share``) and which it took from the store
+    It holds the pauses in force (per project: ``throttled_key``, ``rejected_key``), the
+    count of rejections in a row under each key, which of its pauses changed since they
+    were last written to the store (``share``) and which it took from the store
     (``adopt``). The scheduler applies poll decisions to it (``take``, ``lift``); the
-    rate limiter asks it how long a kind must wait (``left``); ``/readyz`` and the
-    ``bridge_upstream_paused`` gauge report what it holds (``describe``, ``reasons``).
+    rate limiters ask it how long a project's kind must wait (``left``); ``/readyz`` and
+    the ``bridge_upstream_paused`` gauge report what it holds (``describe``, ``reasons``),
+    for each of ``projects`` (the configured ones) and any other a pause names.
     """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, clock: Callable[[], float], projects: Iterable[str] = (DEFAULT_PROJECT,)
+    ) -> None:
         self._clock = clock
+        self.projects = tuple(projects)
         self._pauses: dict[str, Pause] = {}
         self._rejections: dict[str, int] = {}  # pause key -> rejections in a row
         self._changed: set[str] = set()  # pause keys to write to the store
@@ -76,7 +110,7 @@ class PauseBoard:
     # -- changes -----------------------------------------------------------------------------
 
     def take(self, change: TakePause) -> None:
-        self._pauses[change.key] = Pause(change.reason, change.until, change.kind)
+        self._pauses[change.key] = Pause(change.reason, change.until, change.kind, change.project)
         if change.rejections is not None:
             self._rejections[change.key] = change.rejections
         self._changed.add(change.key)
@@ -98,17 +132,20 @@ class PauseBoard:
             pause = self._pauses.get(key)
             at = self._at.pop(key, None)
             if pause is None:
-                await store.set_pause(key, "", 0, None, at=at)
+                await store.set_pause(key, "", 0, None, project=key_project(key), at=at)
             else:
-                await store.set_pause(key, pause.reason, pause.until, pause.kind, at=at)
+                await store.set_pause(
+                    key, pause.reason, pause.until, pause.kind, project=pause.project, at=at
+                )
 
     async def adopt(self, store: PauseStore, now: float) -> None:
-        """Take up pauses other processes stored (a 429 seen by any replica stops them all)."""
+        """Take up pauses other processes stored (a 429 seen by any replica stops them all,
+        for that project)."""
         stored = await store.pauses()
-        for key, reason, until, kind in stored:
+        for key, reason, until, kind, project in stored:
             mine = self._pauses.get(key)
             if until > now and (mine is None or mine.until < until):
-                self._pauses[key] = Pause(reason, until, kind)
+                self._pauses[key] = Pause(reason, until, kind, project)
                 self._adopted.add(key)
         # A pause taken from the store and since lifted there (a good answer elsewhere)
         # is lifted here too.
@@ -124,9 +161,9 @@ class PauseBoard:
             (p for p in self._pauses.values() if p.until > now), key=lambda p: p.until, reverse=True
         )
 
-    def describe(self) -> dict[str, Any]:
-        """The ``upstream`` object of ``/readyz``."""
-        active = self.active()
+    @staticmethod
+    def _shown(active: list[Pause]) -> dict[str, Any]:
+        """One ``upstream`` object: ``ok``, or the pause that ends last."""
         if not active:
             return {"state": "ok"}
         first = active[0]
@@ -139,27 +176,45 @@ class PauseBoard:
             out["kind"] = first.kind
         return out
 
-    def reasons(self) -> set[str]:
-        """The reasons polling is paused for now: the ``bridge_upstream_paused`` labels at 1."""
-        return {p.reason for p in self.active()}
+    def describe(self) -> dict[str, Any]:
+        """The ``upstream`` object of ``/readyz``: paused when any project is (the pause
+        that ends last shown), and under ``projects`` the same object for each project."""
+        active = self.active()
+        out = self._shown(active)
+        names = dict.fromkeys([*self.projects, *sorted({p.project for p in active})])
+        out["projects"] = {
+            name: self._shown([p for p in active if p.project == name]) for name in names
+        }
+        return out
 
-    def paused(self, now: float) -> tuple[bool, tuple[str, ...]]:
-        """Whether every kind is paused, and which kinds are paused on their own."""
+    def reasons(self) -> set[tuple[str, str]]:
+        """The (reason, project) pairs polling is paused for now: the
+        ``bridge_upstream_paused`` labels at 1."""
+        return {(p.reason, p.project) for p in self.active()}
+
+    def paused(self, now: float) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """The projects paused for every kind, and the (project, kind) pairs paused on
+        their own."""
         active = [p for p in self._pauses.values() if p.until > now]
         return (
-            any(p.kind is None for p in active),
-            tuple(sorted({p.kind for p in active if p.kind is not None})),
+            tuple(sorted({p.project for p in active if p.kind is None})),
+            tuple(sorted({(p.project, p.kind) for p in active if p.kind is not None})),
         )
 
-    def until(self, kind: str, now: float) -> float:
-        """When requests for ``kind`` may go out again (in the past: now)."""
-        ends = [p.until for p in self._pauses.values() if p.kind in (None, kind)]
+    def until(self, project: str, kind: str, now: float) -> float:
+        """When requests of ``project`` for ``kind`` may go out again (in the past: now)."""
+        ends = [
+            p.until
+            for p in self._pauses.values()
+            if p.project == project and p.kind in (None, kind)
+        ]
         return max(ends, default=now)
 
-    def left(self, kind: str) -> float:
-        """Seconds before a request for ``kind`` may go out (zero or less: it may now)."""
+    def left(self, project: str, kind: str) -> float:
+        """Seconds before a request of ``project`` for ``kind`` may go out (zero or less:
+        it may now)."""
         now = self._clock()
-        return self.until(kind, now) - now
+        return self.until(project, kind, now) - now
 
 
 class RateLimiter:
@@ -232,15 +287,18 @@ class RateLimiter:
         return True
 
 
-def retry_gate(pauses: PauseBoard, limiter: RateLimiter) -> Callable[[str], Awaitable[bool]]:
-    """What an in-request retry of a ``kind`` poll waits for (``UpstreamClient``'s
-    ``before_retry``): False under a pause, even one taken while the first try was failing
-    (the watch is tried again after it instead); else True once a rate slot is taken."""
+def retry_gate(
+    pauses: PauseBoard, limiter: RateLimiter, project: str = DEFAULT_PROJECT
+) -> Callable[[str], Awaitable[bool]]:
+    """What an in-request retry of a ``kind`` poll of ``project`` waits for (that project's
+    ``UpstreamClient``'s ``before_retry``; ``limiter`` is the project's): False under a
+    pause of the project, even one taken while the first try was failing (the watch is
+    tried again after it instead); else True once a rate slot is taken."""
 
     async def gate(kind: str) -> bool:
-        if pauses.left(kind) > 0:
+        if pauses.left(project, kind) > 0:
             return False
-        await limiter.acquire(lambda: pauses.left(kind))
+        await limiter.acquire(lambda: pauses.left(project, kind))
         return True
 
     return gate

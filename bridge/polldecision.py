@@ -12,14 +12,14 @@ from typing import Any, Protocol, TypeAlias
 
 from bridge import pollplan
 from bridge.model import (
-    NOT_FOUND_ERROR,
     NOT_FOUND_LIMIT,
     TERMINAL_STATUSES,
     PollRecord,
     WatchWork,
     compact_json,
+    not_found_error,
 )
-from bridge.pacing import Pause, TakePause
+from bridge.pacing import Pause, TakePause, rejected_key, throttled_key
 from bridge.upstream import (
     Garbage,
     NotFound,
@@ -31,10 +31,11 @@ from bridge.upstream import (
     skew_sentence,
 )
 
-# Pause keys: the 429 pause, and the rejection pauses (everyone's, or one kind's).
-THROTTLED_KEY = "throttled"
+__all__ = ["THROTTLED_REASON", "decide_poll", "rejected_key", "throttled_key"]
+
+# Every pause is the watch's project's (bridge.pacing's keys): a 429 or a rejection in one
+# project holds that project's polls only.
 THROTTLED_REASON = "throttled (429)"
-REJECTED_KEY = "rejected"
 # A 401 to a request signed with a Date this far off is the clock's fault, not the keys'
 # (Uploadcare refuses a Date more than about 15 minutes off; SPEC says over 5 minutes).
 CLOCK_SKEW_LIMIT = 300.0
@@ -46,11 +47,6 @@ CLOCK_SKEW_REASON = "clock skew"
 def clock_skew_reason(skew: float) -> str:
     """``clock skew (this host is N s behind Uploadcare)`` (or ``ahead of``)."""
     return f"{CLOCK_SKEW_REASON} ({skew_sentence(skew)})"
-
-
-def rejected_key(kind: str | None) -> str:
-    """The pause key a rejection takes: one kind's (a 400 naming its feature), or everyone's."""
-    return REJECTED_KEY if kind is None else f"{REJECTED_KEY}:{kind}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +172,8 @@ def decide_poll(
     }
     if isinstance(obs, Status):
         # A status answer for this kind shows requests for it are accepted again.
-        lift = tuple(
-            key for key in (REJECTED_KEY, rejected_key(w.kind)) if pauses.rejections(key) > 0
-        )
+        keys = (rejected_key(w.project, None), rejected_key(w.project, w.kind))
+        lift = tuple(key for key in keys if pauses.rejections(key) > 0)
         events: list[PollEvent] = [Resumed(key) for key in lift]
         changed = obs.status != w.status
         interval = pollplan.next_interval(
@@ -220,7 +215,7 @@ def decide_poll(
             **{**base, "not_found": misses, "failures": 0},
             next_poll_at=now + pollplan.jittered(bounds.min_interval, pollplan.POLL_JITTER, rand),
             outcome="not_found" if gone else None,
-            outcome_error=NOT_FOUND_ERROR if gone else None,
+            outcome_error=not_found_error(w.project) if gone else None,
         )
         return PollDecision(record, events=(NotFoundSeen(misses, obs.request_id),))
     if isinstance(obs, Throttled):
@@ -228,11 +223,11 @@ def decide_poll(
         slack = pollplan.jittered(pollplan.THROTTLE_SLACK, 1.0, rand)
         return PollDecision(
             PollRecord(**base, next_poll_at=until + slack),
-            take=TakePause(THROTTLED_KEY, THROTTLED_REASON, until),
+            take=TakePause(throttled_key(w.project), THROTTLED_REASON, until, project=w.project),
             events=(ThrottledSeen(obs.retry_after, obs.request_id),),
         )
     if isinstance(obs, Rejected):
-        return _rejected(obs, base, now, pauses)
+        return _rejected(obs, w.project, base, now, pauses)
     assert isinstance(obs, Transient | Garbage)
     failures = w.failures + 1
     delay = pollplan.failure_backoff(failures, bounds.min_interval, bounds.max_interval)
@@ -245,8 +240,10 @@ def decide_poll(
     )
 
 
-def _rejected(obs: Rejected, base: dict[str, Any], now: float, pauses: PauseView) -> PollDecision:
-    key = rejected_key(obs.kind)
+def _rejected(
+    obs: Rejected, project: str, base: dict[str, Any], now: float, pauses: PauseView
+) -> PollDecision:
+    key = rejected_key(project, obs.kind)
     # Uploadcare has been seen refusing a signed request's Date with a 400 ("Date should
     # be within 0:15:00 of our server time") as well as the 401 the contract names.
     skewed = obs.code in (400, 401) and obs.skew is not None and abs(obs.skew) > CLOCK_SKEW_LIMIT
@@ -272,6 +269,6 @@ def _rejected(obs: Rejected, base: dict[str, Any], now: float, pauses: PauseView
     until = now + pause
     return PollDecision(
         PollRecord(**base, next_poll_at=until),
-        take=TakePause(key, reason, until, obs.kind, rejections),
+        take=TakePause(key, reason, until, obs.kind, rejections, project),
         events=(Paused(reason, obs.detail, pause, obs.request_id, obs.skew if skewed else None),),
     )

@@ -18,7 +18,7 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,7 +46,7 @@ from bridge.settings import Settings
 from bridge.store.base import StoreError
 from bridge.store.engine import Store
 from bridge.store.verbs import Around
-from bridge.upstream import Observation, known_status
+from bridge.upstream import Observation, Transient, known_status
 from bridge.webhooks import SecretBook
 
 log = structlog.get_logger("bridge.scheduler")
@@ -68,22 +68,48 @@ PLAN_EVERY = 5.0
 # sent: a DELETE on another replica whose notice was lost still stops it within 1 s.
 CANCEL_RECHECK = 0.5
 PAUSED_MESSAGE = (
-    "Uploadcare refused the bridge's requests; check UPLOADCARE_PUBLIC_KEY, "
-    "UPLOADCARE_SECRET_KEY, BRIDGE_UPSTREAM_AUTH and the project's features. No job "
-    "fails because of this; polling resumes after the pause."
+    "Uploadcare refused the bridge's requests for this project; check its keys "
+    "(UPLOADCARE_PUBLIC_KEY and UPLOADCARE_SECRET_KEY for 'default', else its entry in "
+    "BRIDGE_UPLOADCARE_PROJECTS and UPLOADCARE_SECRET_KEY_<NAME>), BRIDGE_UPSTREAM_AUTH and "
+    "the project's features. No job fails because of this; polling of the project resumes "
+    "after the pause."
 )
 CLOCK_SKEW_MESSAGE = (
     "Uploadcare refused a request signed with a Date too far from its clock: fix this "
     "host's clock (NTP: chrony or systemd-timesyncd), not the keys. No job fails because "
     "of this; polling resumes after the pause."
 )
+# A watch of a project this process has no keys for (removed from the configuration).
+NO_KEYS = "no keys configured for this project"
 ROUND_SPENT = "the retry schedule's time ran out while the receiver's circuit was open"
 
 
-class StatusSource(Protocol):
-    """Where polls ask (``bridge.upstream.UpstreamClient``)."""
+class ProjectStatus(Protocol):
+    """One project's client (``bridge.upstream.UpstreamClient``, with that project's keys)."""
 
     async def status(self, kind: Kind, token: int) -> Observation: ...
+
+
+class StatusSource(Protocol):
+    """Where polls ask: the status of ``token`` in ``project``'s token space
+    (``ProjectClients``: one ``UpstreamClient`` per project)."""
+
+    async def status(self, project: str, kind: Kind, token: int) -> Observation: ...
+
+
+class ProjectClients:
+    """A ``StatusSource`` from one client per project. A watch of a project with no client
+    (taken out of the configuration after jobs were registered in it) is a transient
+    failure: it backs off, and its jobs expire at their deadline unless the keys return."""
+
+    def __init__(self, clients: Mapping[str, ProjectStatus]) -> None:
+        self.clients = dict(clients)
+
+    async def status(self, project: str, kind: Kind, token: int) -> Observation:
+        client = self.clients.get(project)
+        if client is None:
+            return Transient(NO_KEYS)
+        return await client.status(kind, token)
 
 
 @dataclass(slots=True)
@@ -140,7 +166,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
-        limiter: RateLimiter | None = None,
+        limiters: Mapping[str, RateLimiter] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -153,7 +179,8 @@ class Scheduler:
         self.monotonic = monotonic
         self.rand = rand
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self.limiter = limiter or RateLimiter(settings.upstream_rps, clock=monotonic)
+        # BRIDGE_UPSTREAM_RPS is each project's: Uploadcare throttles projects one by one.
+        self.limiters: dict[str, RateLimiter] = dict(limiters or {})
         self._upstream_slots = asyncio.Semaphore(settings.upstream_concurrency)
         self._polls: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -178,7 +205,8 @@ class Scheduler:
         # Claim no more polls than the rate limit lets start well within the lease: a poll
         # must start with at least BRIDGE_UPSTREAM_TIMEOUT of its lease left (see _poll).
         self._start_within = settings.lease - settings.upstream_timeout
-        self._claim_window = max(1, int(settings.upstream_rps * self._start_within / 2))
+        projects = max(1, len(settings.projects))
+        self._claim_window = max(1, int(settings.upstream_rps * projects * self._start_within / 2))
         # Fairness of callbacks (bridge/fairness.py): caps and circuits, in this process.
         self.gate = DeliveryGate(
             host_cap=settings.callback_host_concurrency,
@@ -372,15 +400,16 @@ class Scheduler:
             self._next_plan = now + PLAN_EVERY
             await self._replan()
         free = self.settings.upstream_concurrency - len(self._polls)
-        paused_all, paused_kinds = self.pauses.paused(now)
+        paused_projects, paused_kinds = self.pauses.paused(now)
         self._short_of_slots = free <= 0 or self._delivery_room() <= 0
-        if free > 0 and not paused_all:
+        if free > 0:
             limit = min(free, self._claim_window)
             watches = await self.store.claim_due_watches(
                 self.owner,
                 now=now,
                 lease=self.settings.lease,
                 limit=limit,
+                skip_projects=paused_projects,
                 skip_kinds=paused_kinds,
             )
             claimed = self.monotonic()
@@ -583,16 +612,30 @@ class Scheduler:
 
     # -- polling ---------------------------------------------------------------------------
 
+    def limiter(self, project: str) -> RateLimiter:
+        """The project's rate limiter (BRIDGE_UPSTREAM_RPS is per project)."""
+        limiter = self.limiters.get(project)
+        if limiter is None:
+            limiter = RateLimiter(self.settings.upstream_rps, clock=self.monotonic)
+            self.limiters[project] = limiter
+        return limiter
+
     async def _poll(self, w: WatchWork, claimed: float, step: _Step) -> None:
-        """Wait for a rate slot and no pause, ask, decide, record, start the outcome's callbacks.
+        """Wait for a rate slot of the watch's project and no pause of it, ask, decide,
+        record, start the outcome's callbacks.
 
         In a step, a poll that would have to wait is given back instead.
         """
+        limiter = self.limiter(w.project)
+
+        def pause_left() -> float:
+            return self.pauses.left(w.project, w.kind)
+
         try:
             async with self._upstream_slots:
                 if not step.stepping:
-                    await self.limiter.acquire(lambda: self.pauses.left(w.kind))
-                elif not self.limiter.try_acquire(lambda: self.pauses.left(w.kind)):
+                    await limiter.acquire(pause_left)
+                elif not limiter.try_acquire(pause_left):
                     step.done.deferred += 1
                     return  # not started: run_once gives its lease back
                 if self._stopping:
@@ -601,18 +644,18 @@ class Scheduler:
                 if self.monotonic() - claimed > self._start_within:
                     # Held back so long (a long pause) that the lease could lapse mid-request
                     # and another replica poll the same token: leave it to the next claim.
-                    log.info("poll_lease_lapsed", kind=w.kind, token=w.token)
+                    log.info("poll_lease_lapsed", project=w.project, kind=w.kind, token=w.token)
                     return
                 started = self.clock()
                 step.done.polled += 1
                 self.metrics.scheduler_lag.observe(max(0.0, started - w.due_at))
-                observation = await self.upstream.status(w.kind, w.token)  # type: ignore[arg-type]
+                observation = await self.upstream.status(w.project, w.kind, w.token)  # type: ignore[arg-type]
             now = self.clock()
             record = self._decide(w, observation, started, now)
             await self.pauses.share(self.store)
             recorded = await self._record(w, record)
         except Exception:
-            log.exception("poll_failed", kind=w.kind, token=w.token)
+            log.exception("poll_failed", project=w.project, kind=w.kind, token=w.token)
             return
         finally:
             self._started.discard(asyncio.current_task())
@@ -667,7 +710,7 @@ class Scheduler:
         return decision.record
 
     def _report(self, w: WatchWork, event: PollEvent) -> None:
-        log_kw = {"kind": w.kind, "token": w.token}
+        log_kw = {"project": w.project, "kind": w.kind, "token": w.token}
         if isinstance(event, StatusChanged):
             log.debug(
                 "upstream_status_changed", status=event.status, previous=event.previous, **log_kw
@@ -694,6 +737,7 @@ class Scheduler:
         elif isinstance(event, Paused):
             log.error(
                 "upstream_paused",
+                project=w.project,
                 reason=event.reason,
                 detail=event.detail,
                 pause_s=event.pause_s,
@@ -720,7 +764,14 @@ class Scheduler:
     def _outcomes(self, recorded: list[Recorded]) -> None:
         for r in recorded:
             self.metrics.outcomes.labels(r.kind, r.outcome).inc()
-            log.info("job_outcome", job_id=r.job_id, kind=r.kind, token=r.token, outcome=r.outcome)
+            log.info(
+                "job_outcome",
+                job_id=r.job_id,
+                project=r.project,
+                kind=r.kind,
+                token=r.token,
+                outcome=r.outcome,
+            )
 
     # -- delivery --------------------------------------------------------------------------
 

@@ -31,6 +31,10 @@ SECRET_VARS = (
 )
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline.
+PROJECT_RE = re.compile(r"^[a-z0-9-]{1,32}\Z")
+# The project UPLOADCARE_PUBLIC_KEY / UPLOADCARE_SECRET_KEY configure (model.DEFAULT_PROJECT).
+DEFAULT_PROJECT = "default"
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?$")
 _UNIT_SECONDS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 
@@ -165,6 +169,69 @@ def parse_api_keys(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+@dataclass(frozen=True)
+class Project:
+    """An Uploadcare project: its name (the API's ``project``) and its REST API keys."""
+
+    name: str
+    public_key: str
+    secret_key: str = field(default="", repr=False)
+
+
+def project_secret_var(name: str) -> str:
+    """``UPLOADCARE_SECRET_KEY_<NAME>``: the name upper-cased, ``-`` as ``_``."""
+    return "UPLOADCARE_SECRET_KEY_" + name.upper().replace("-", "_")
+
+
+def parse_uploadcare_projects(text: str) -> tuple[tuple[str, str], ...]:
+    """``name:public_key`` pairs (the project ``default`` is UPLOADCARE_PUBLIC_KEY's)."""
+    out: dict[str, str] = {}
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name, sep, public_key = (p.strip() for p in entry.partition(":"))
+        if not sep or not name or not public_key:
+            raise ValueError("expected comma-separated name:public_key pairs")
+        if not PROJECT_RE.match(name):
+            raise ValueError(
+                "a project name is 1 to 32 lower-case letters, digits or '-' "
+                f"(one entry names {name[:40]!r})"
+            )
+        if name == DEFAULT_PROJECT:
+            raise ValueError(
+                "the project 'default' is UPLOADCARE_PUBLIC_KEY and UPLOADCARE_SECRET_KEY; "
+                "give the others other names"
+            )
+        if name in out:
+            raise ValueError(f"project {name!r} is given twice")
+        out[name] = public_key
+    return tuple(out.items())
+
+
+def parse_tenant_projects(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``tenant:project[+project...]`` entries: the projects each named tenant may use."""
+    out: dict[str, tuple[str, ...]] = {}
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        tenant, sep, names = (p.strip() for p in entry.partition(":"))
+        if not sep or not _TENANT_RE.match(tenant):
+            raise ValueError(f"expected comma-separated tenant:project[+project...], not {entry!r}")
+        projects = tuple(dict.fromkeys(n.strip() for n in names.split("+")))
+        for name in projects:
+            if not PROJECT_RE.match(name):
+                raise ValueError(
+                    f"tenant {tenant!r}: a project name is 1 to 32 lower-case letters, digits "
+                    "or '-'"
+                )
+        if tenant in out:
+            raise ValueError(f"tenant {tenant!r} is given twice")
+        out[tenant] = projects
+    return tuple(out.items())
+
+
 def _parse_schedule(text: str) -> tuple[float, ...]:
     delays = tuple(parse_duration(p) for p in text.split(",") if p.strip())
     if not delays:
@@ -292,6 +359,22 @@ _VARS: tuple[_Var, ...] = (
         _text,
         secret=True,
         help="REST API secret key, which signs every upstream request",
+    ),
+    _Var(
+        "BRIDGE_UPLOADCARE_PROJECTS",
+        "uploadcare_projects",
+        "",
+        parse_uploadcare_projects,
+        help="further Uploadcare projects, name:public_key pairs; each one's secret key is "
+        "UPLOADCARE_SECRET_KEY_<NAME> (upper case, '-' as '_')",
+    ),
+    _Var(
+        "BRIDGE_TENANT_PROJECTS",
+        "tenant_projects",
+        "",
+        parse_tenant_projects,
+        help="tenant:project[+project...] entries: the projects whose tokens a tenant may "
+        "register (a tenant not named may use 'default', if there is one)",
     ),
     _Var(
         "BRIDGE_UPSTREAM_URL",
@@ -486,6 +569,11 @@ class Settings:
     insecure_no_auth: bool = False
     uploadcare_public_key: str = ""
     uploadcare_secret_key: str = field(default="", repr=False)
+    # BRIDGE_UPLOADCARE_PROJECTS: (name, public key); their secret keys, read from
+    # UPLOADCARE_SECRET_KEY_<NAME>, as (name, secret) for those that have one.
+    uploadcare_projects: tuple[tuple[str, str], ...] = ()
+    project_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    tenant_projects: tuple[tuple[str, tuple[str, ...]], ...] = ()
     upstream_url: str = "https://api.uploadcare.com"
     upstream_auth: str = "signed"
     upstream_rps: float = 20.0
@@ -530,6 +618,29 @@ class Settings:
             return ("default",)
         return tuple(dict.fromkeys(name for name, _ in self.api_keys))
 
+    @property
+    def projects(self) -> dict[str, Project]:
+        """Every configured Uploadcare project by name: ``default`` (UPLOADCARE_PUBLIC_KEY)
+        first when set, then BRIDGE_UPLOADCARE_PROJECTS in order. A project whose secret key
+        is missing has an empty one (``check_serve`` refuses to start with it)."""
+        out: dict[str, Project] = {}
+        if self.uploadcare_public_key:
+            out[DEFAULT_PROJECT] = Project(
+                DEFAULT_PROJECT, self.uploadcare_public_key, self.uploadcare_secret_key
+            )
+        secrets = dict(self.project_secrets)
+        for name, public_key in self.uploadcare_projects:
+            out[name] = Project(name, public_key, secrets.get(name, ""))
+        return out
+
+    def projects_for(self, tenant: str) -> tuple[str, ...]:
+        """The projects whose tokens ``tenant`` may register: its BRIDGE_TENANT_PROJECTS
+        entry, else ``default`` when that project exists, else none."""
+        named = dict(self.tenant_projects).get(tenant)
+        if named is not None:
+            return named
+        return (DEFAULT_PROJECT,) if DEFAULT_PROJECT in self.projects else ()
+
     def scheme_for(self, tenant: str) -> str:
         """How ``tenant``'s callbacks are signed: ``v1`` (HMAC) unless configured ``v1a``."""
         return dict(self.signature_schemes).get(tenant, "v1")
@@ -540,6 +651,7 @@ class Settings:
         values += [w.secret for w in self.webhook_secrets]
         if self.uploadcare_secret_key:
             values.append(self.uploadcare_secret_key)
+        values += [secret for _, secret in self.project_secrets]
         if self.database.scheme == "postgresql":
             values += dburl.secrets(self.database.dsn)
         if self.upstream_proxy is not None:
@@ -548,16 +660,26 @@ class Settings:
 
     def check_serve(self) -> None:
         """What ``serve`` needs beyond a valid configuration."""
-        if not self.uploadcare_public_key:
+        if not self.uploadcare_public_key and not self.uploadcare_projects:
             raise SettingsError(
-                "UPLOADCARE_PUBLIC_KEY", "not set; give your Uploadcare project's public key"
+                "UPLOADCARE_PUBLIC_KEY",
+                "not set; give your Uploadcare project's public key (or name projects in "
+                "BRIDGE_UPLOADCARE_PROJECTS)",
             )
-        if not self.uploadcare_secret_key:
+        if self.uploadcare_public_key and not self.uploadcare_secret_key:
             raise SettingsError(
                 "UPLOADCARE_SECRET_KEY",
                 "not set; give your Uploadcare project's secret key "
                 "(or UPLOADCARE_SECRET_KEY_FILE)",
             )
+        for project in self.projects.values():
+            if not project.secret_key:
+                var = project_secret_var(project.name)
+                raise SettingsError(
+                    var,
+                    f"not set; give the secret key of Uploadcare project {project.name!r} "
+                    f"(or {var}_FILE)",
+                )
         if not self.api_keys and not self.insecure_no_auth:
             raise SettingsError(
                 "BRIDGE_API_KEYS",
@@ -633,6 +755,23 @@ def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Sett
             # A secret's value is never echoed: the parsers' messages for secrets name no value.
             raise SettingsError(var.env, str(exc)) from None
     values["insecure_no_auth"] = bool(flags.get("insecure_no_auth", False))
+    if (
+        values["uploadcare_secret_key"]
+        and not values["uploadcare_public_key"]
+        and values["uploadcare_projects"]
+    ):
+        raise SettingsError(
+            "UPLOADCARE_SECRET_KEY",
+            "set without UPLOADCARE_PUBLIC_KEY: the project 'default' needs both (the "
+            "projects of BRIDGE_UPLOADCARE_PROJECTS take UPLOADCARE_SECRET_KEY_<NAME>)",
+        )
+    # Each further project's secret key, by a name made from the project's.
+    secrets: list[tuple[str, str]] = []
+    for name, _ in values["uploadcare_projects"]:
+        raw = read_var(env, project_secret_var(name), secret=True)
+        if raw is not None:
+            secrets.append((name, raw.strip()))
+    values["project_secrets"] = tuple(secrets)
     settings = Settings(**values)
     _check_consistency(settings)
     return settings
@@ -672,12 +811,30 @@ def _check_consistency(s: Settings) -> None:
                 f"names tenant {w.tenant!r}, whose callbacks BRIDGE_SIGNATURE_SCHEMES signs "
                 "with v1a (its own Ed25519 key pair) only; remove that entry",
             )
+    _check_tenant_projects(s, tenants)
     if s.api_keys or s.insecure_no_auth:
         for name, _ in s.signature_schemes:
             if name not in tenants:
                 raise SettingsError(
                     "BRIDGE_SIGNATURE_SCHEMES",
                     f"names tenant {name!r}, which has no key in BRIDGE_API_KEYS",
+                )
+
+
+def _check_tenant_projects(s: Settings, tenants: set[str]) -> None:
+    projects = s.projects
+    for tenant, names in s.tenant_projects:
+        if (s.api_keys or s.insecure_no_auth) and tenant not in tenants:
+            raise SettingsError(
+                "BRIDGE_TENANT_PROJECTS",
+                f"names tenant {tenant!r}, which has no key in BRIDGE_API_KEYS",
+            )
+        for name in names:
+            if name not in projects:
+                raise SettingsError(
+                    "BRIDGE_TENANT_PROJECTS",
+                    f"gives tenant {tenant!r} project {name!r}, which is not configured "
+                    "(BRIDGE_UPLOADCARE_PROJECTS, or UPLOADCARE_PUBLIC_KEY for 'default')",
                 )
 
 

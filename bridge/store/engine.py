@@ -77,9 +77,9 @@ class Store:
     ) -> tuple[Job, bool]:
         """Store a registration durably; return the job and whether it is new.
 
-        An existing job for the same tenant, kind, token and callback URL that is not
-        canceled is returned as it is when its metadata is the same, and is a Conflict
-        otherwise; so is a (kind, token) that another tenant registered first.
+        An existing job for the same tenant, project, kind, token and callback URL that is
+        not canceled is returned as it is when its metadata is the same, and is a Conflict
+        otherwise; so is a (project, kind, token) that another tenant registered first.
         """
         job_id = model.new_job_id(now)
         return await self.driver.run(
@@ -95,6 +95,7 @@ class Store:
         *,
         state: str | None = None,
         kind: str | None = None,
+        project: str | None = None,
         token: int | None = None,
         limit: int = 100,
         before: str | None = None,
@@ -107,7 +108,8 @@ class Store:
         key = await self._cursor_key()
         position = None if before is None else open_cursor(key, tenant, before)
         jobs, last = await self.driver.run(
-            lambda: verbs.list_jobs(tenant, state, kind, token, limit, position), tx=False
+            lambda: verbs.list_jobs(tenant, state, kind, token, limit, position, project),
+            tx=False,
         )
         return jobs, None if last is None else seal_cursor(key, tenant, last)
 
@@ -137,17 +139,18 @@ class Store:
         *,
         state: str,
         kind: str | None = None,
+        project: str | None = None,
         since: float | None = None,
         until: float | None = None,
         limit: int,
         now: float,
     ) -> tuple[int, int]:
         """Start a new delivery round, as ``redeliver`` does, for up to ``limit`` of the
-        tenant's jobs in ``state`` (delivered or undeliverable) of ``kind`` whose last round
-        ended in [``since``, ``until``), the earliest-ended first; one transaction. Return
-        how many started and how many more match."""
+        tenant's jobs in ``state`` (delivered or undeliverable) of ``kind`` and ``project``
+        whose last round ended in [``since``, ``until``), the earliest-ended first; one
+        transaction. Return how many started and how many more match."""
         return await self.driver.run(
-            lambda: verbs.redeliver_many(tenant, state, kind, since, until, limit, now)
+            lambda: verbs.redeliver_many(tenant, state, kind, since, until, limit, now, project)
         )
 
     async def attempts(self, tenant: str, job_id: str) -> list[Attempt] | None:
@@ -215,11 +218,15 @@ class Store:
         now: float,
         lease: float,
         limit: int,
-        skip_kinds: tuple[str, ...] = (),
+        skip_projects: tuple[str, ...] = (),
+        skip_kinds: tuple[tuple[str, str], ...] = (),
     ) -> list[WatchWork]:
-        """Lease up to ``limit`` watches whose poll is due, earliest first."""
+        """Lease up to ``limit`` watches whose poll is due, earliest first (tenants taking
+        turns), none of the paused ``skip_projects`` nor of the paused (project, kind)
+        pairs ``skip_kinds``."""
         return await self.driver.run(
-            lambda: verbs.claim_due_watches(owner, now, lease, limit, skip_kinds), tx=False
+            lambda: verbs.claim_due_watches(owner, now, lease, limit, skip_projects, skip_kinds),
+            tx=False,
         )
 
     async def record_poll(
@@ -239,7 +246,7 @@ class Store:
         """Give ``expired`` to every tracking job past its deadline.
 
         First, paused time that has ended is credited to the deadlines of the jobs it
-        held; a kind whose polling is paused now does not expire.
+        held; a (project, kind) whose polling is paused now does not expire.
         """
         return await self.driver.run(lambda: verbs.expire_due(now))
 
@@ -287,19 +294,28 @@ class Store:
         await self.driver.run(lambda: verbs.scale_durations(kind, factor), tx=False)
 
     async def set_pause(
-        self, key: str, reason: str, until: float, kind: str | None, *, at: float | None = None
+        self,
+        key: str,
+        reason: str,
+        until: float,
+        kind: str | None,
+        *,
+        project: str = model.DEFAULT_PROJECT,
+        at: float | None = None,
     ) -> None:
-        """Record an upstream pause for every process on this database to honour.
+        """Record an upstream pause of ``project`` for every process on this database to
+        honour.
 
         A pause never shortens one already stored under ``key`` unless it has ended;
         ``until`` 0 ends it. ``at`` is when it was taken (or lifted): given, the paused
-        time is kept per kind, so that no job of a paused kind expires and each pause
-        moves the deadlines of the jobs it held by its length (``expire_due``).
+        time is kept per project and kind, so that no job of a paused (project, kind)
+        expires and each pause moves the deadlines of the jobs it held by its length
+        (``expire_due``).
         """
-        await self.driver.run(lambda: verbs.set_pause(key, reason, until, kind, at))
+        await self.driver.run(lambda: verbs.set_pause(key, reason, until, kind, project, at))
 
-    async def pauses(self) -> list[tuple[str, str, float, str | None]]:
-        """Every stored pause: (key, reason, until, kind)."""
+    async def pauses(self) -> list[tuple[str, str, float, str | None, str]]:
+        """Every stored pause: (key, reason, until, kind, project)."""
         return await self.driver.run(verbs.pauses, tx=False)
 
     async def listen_pauses(self, callback: Callable[[], None]) -> None:

@@ -41,7 +41,9 @@ class Row(Protocol):
 
 
 # A Job's fields are its row's columns but for what it has seen of its watch (between).
-_HEAD = itemgetter("id", "tenant", "kind", "token", "callback_url", "metadata", "state", "outcome")
+_HEAD = itemgetter(
+    "id", "tenant", "project", "kind", "token", "callback_url", "metadata", "state", "outcome"
+)
 _TAIL = itemgetter(
     "attempts", "last_attempt_at", "last_response_status", "last_error", "next_attempt_at",
     "delivered_at", "created_at", "updated_at", "deadline_at",
@@ -100,7 +102,8 @@ def same_metadata(stored: str | None, new: str | None) -> bool:
 def registration(owner: str | None, existing: Job | None, new: NewJob) -> Job | None:
     """What a registration meets: the job to answer as it is, or None to make one.
 
-    ``owner`` is the tenant of the (kind, token) watch, None when this registration made it.
+    ``owner`` is the tenant of the (project, kind, token) watch, None when this registration
+    made it.
     """
     if owner is not None and owner != new.tenant:
         raise Conflict("this token is registered by another tenant")
@@ -108,7 +111,9 @@ def registration(owner: str | None, existing: Job | None, new: NewJob) -> Job | 
         return None
     if same_metadata(existing.metadata, new.metadata):
         return existing
-    raise Conflict("a job for this kind, token and callback_url exists with other metadata")
+    raise Conflict(
+        "a job for this project, kind, token and callback_url exists with other metadata"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,7 @@ def handed(job: Row, outcome: str, error: str | None, seen: Row, at: float) -> d
     and its callback body is fixed now, the same on every attempt. Not leased."""
     body = callback_body(
         job_id=job["id"],
+        project=job["project"],
         kind=job["kind"],
         token=job["token"],
         outcome=outcome,
@@ -211,7 +217,9 @@ def outcome(
             update |= {"lease_owner": owner, "lease": lease}
             work = first_delivery(job, update["body"], rec.polled_at)
         updates.append(update)
-        recorded.append(Recorded(job["id"], job["kind"], job["token"], rec.outcome, work))
+        recorded.append(
+            Recorded(job["id"], job["kind"], job["token"], rec.outcome, work, job["project"])
+        )
     return updates, recorded
 
 

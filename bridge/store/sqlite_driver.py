@@ -144,6 +144,11 @@ class SQLiteDriver:
 
     def _migrate_sync(self) -> int:
         conn = self._db()
+        # Foreign keys off while the schema changes (it cannot change inside a transaction):
+        # a table rebuilt the way SQLite documents it (007's watches) is dropped and its
+        # successor renamed into its place, which a live REFERENCES would follow or refuse.
+        # Every reference is checked before the migration commits.
+        conn.execute("PRAGMA foreign_keys = OFF")
         try:
             with self._tx() as c:
                 current = c.execute("PRAGMA user_version").fetchone()[0]
@@ -154,8 +159,12 @@ class SQLiteDriver:
                                 c.execute(statement)
                         c.execute(f"PRAGMA user_version = {version:d}")
                         current = version
+                if c.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                    raise sqlite3.IntegrityError("a foreign key is broken after the migration")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot migrate database {self.path}: {exc}") from None
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
     async def migrate(self) -> int:

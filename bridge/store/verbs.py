@@ -7,7 +7,8 @@ runs it again from the start when the server asks for a retry. So a program deci
 from what it read, and keeps no state outside itself.
 
 Writers that touch a watch and its jobs lock the watch row first, then the jobs: that
-serializes registration, polls, cancellation, expiry and retention per (kind, token), and
+serializes registration, polls, cancellation, expiry and retention per (project, kind,
+token), and
 one lock order keeps them free of deadlocks (SQLite's transaction holds the whole file).
 """
 
@@ -77,11 +78,11 @@ def register(
     new: NewJob, job_id: str, now: float, first_poll_at: float, deadline_at: float
 ) -> Program[tuple[Job, bool]]:
     p = {"job_id": job_id, "now": now, "first_poll_at": first_poll_at, "deadline_at": deadline_at}
-    p |= {"tenant": new.tenant, "kind": new.kind, "token": new.token}
+    p |= {"tenant": new.tenant, "project": new.project, "kind": new.kind, "token": new.token}
     p |= {"callback_url": new.callback_url, "metadata": new.metadata}
     p["url_digest"] = rules.url_digest(new.callback_url)
     p["callback_host"] = host_key(new.callback_url)
-    # The watch row lock serializes every registration of this (kind, token).
+    # The watch row lock serializes every registration of this (project, kind, token).
     watch, made = None, 0
     while watch is None and not made:
         watch = yield q.row("watch_by_token", p)
@@ -128,12 +129,14 @@ def list_jobs(
     token: int | None,
     limit: int,
     before: int | None,
+    project: str | None = None,
 ) -> Program[tuple[list[Job], int | None]]:
     found = yield q.rows(
         "list_jobs",
         tenant=tenant,
         state=state,
         kind=kind,
+        project=project,
         token=token,
         before=before,
         limit=limit + 1,
@@ -187,10 +190,12 @@ def redeliver_many(
     until: float | None,
     limit: int,
     now: float,
+    project: str | None = None,
 ) -> Program[tuple[int, int]]:
     """Bulk redelivery: how many jobs started a new round, and how many more match."""
     rules.bulk_redeliverable(state)
     p = {"tenant": tenant, "state": state, "kind": kind, "since": since, "until": until}
+    p["project"] = project
     started = yield q.exec("redeliver_jobs", p, limit=limit, now=now)
     # The started ones no longer match (they are delivering): what is left is the rest.
     remaining = yield q.val("redeliverable_count", p)
@@ -272,11 +277,28 @@ def purge_batch(before: float, batch: int) -> Program[tuple[int, bool]]:
 # -- the scheduler's verbs -----------------------------------------------------------------
 
 
+def pair_key(project: str, kind: str) -> str:
+    """How a (project, kind) pair is named in the claim's and expiry's lists: project names
+    hold no ``:``, so the text is one pair's."""
+    return f"{project}:{kind}"
+
+
 def claim_due_watches(
-    owner: str, now: float, lease: float, limit: int, skip_kinds: tuple[str, ...]
+    owner: str,
+    now: float,
+    lease: float,
+    limit: int,
+    skip_projects: tuple[str, ...],
+    skip_kinds: tuple[tuple[str, str], ...],
 ) -> Program[list[WatchWork]]:
     claimed = yield q.rows(
-        "claim_watches", owner=owner, now=now, lease=lease, limit=limit, skip_kinds=skip_kinds
+        "claim_watches",
+        owner=owner,
+        now=now,
+        lease=lease,
+        limit=limit,
+        skip_projects=list(skip_projects),
+        skip_pairs=[pair_key(p, k) for p, k in skip_kinds],
     )
     # Earliest first (RETURNING keeps no order): by due time, then id.
     return [WatchWork(*r) for r in sorted(claimed, key=itemgetter(3, 0))]
@@ -312,30 +334,30 @@ def record_poll(
     return recorded
 
 
-def _settle(kind: str, span: rules.Span) -> Program[None]:
+def _settle(project: str, kind: str, span: rules.Span) -> Program[None]:
     since, until = span
-    yield q.exec("settle_pause_clock", kind=kind, since=since, until=until)
+    yield q.exec("settle_pause_clock", project=project, kind=kind, since=since, until=until)
 
 
-def _pause_clocks() -> Program[dict[str, rules.Span | None]]:
-    """Each kind's open paused span, the rows locked (before any watch)."""
+def _pause_clocks() -> Program[dict[tuple[str, str], rules.Span | None]]:
+    """Each (project, kind)'s open paused span, the rows locked (before any watch)."""
     found = yield q.rows("pause_clocks")
-    return {r[0]: (float(r[1]), float(r[2])) if r[1] is not None else None for r in found}
+    return {(r[0], r[1]): (float(r[2]), float(r[3])) if r[2] is not None else None for r in found}
 
 
 def expire_due(now: float) -> Program[list[Recorded]]:
     # Paused time first: a span that has ended moves the deadlines of the jobs it held,
-    # and a kind still paused does not expire at all.
+    # and a (project, kind) still paused does not expire at all.
     held: list[str] = []
-    for kind, span in (yield from _pause_clocks()).items():
+    for (project, kind), span in (yield from _pause_clocks()).items():
         if span is None:
             continue
         if span[1] > now:
-            held.append(kind)
+            held.append(pair_key(project, kind))
             continue
-        yield from _settle(kind, span)
-        yield q.exec("close_pause_clock", kind=kind)
-    found = yield q.rows("expiring_watches", now=now, skip_kinds=held)
+        yield from _settle(project, kind, span)
+        yield q.exec("close_pause_clock", project=project, kind=kind)
+    found = yield q.rows("expiring_watches", now=now, skip_pairs=held)
     watch_ids = [int(r[0]) for r in found]
     if not watch_ids:
         return []
@@ -346,7 +368,9 @@ def expire_due(now: float) -> Program[list[Recorded]]:
         return []
     yield q.many("hand_outcome", [rules.expiry(r, now) for r in expiring])
     yield q.exec("idle_watches", watch_ids=watch_ids)
-    return [Recorded(r["id"], r["kind"], r["token"], "expired") for r in expiring]
+    return [
+        Recorded(r["id"], r["kind"], r["token"], "expired", project=r["project"]) for r in expiring
+    ]
 
 
 def claim_due_deliveries(
@@ -414,35 +438,49 @@ def scale_durations(kind: str, factor: float) -> Program[None]:
 
 
 def set_pause(
-    key: str, reason: str, until: float, kind: str | None, at: float | None
+    key: str, reason: str, until: float, kind: str | None, project: str, at: float | None
 ) -> Program[None]:
-    # With ``at`` (when it was taken or lifted) the pause's time is also kept per kind, to
-    # move the deadlines of the jobs it holds (pause_clock); without, only the pause.
-    clocks = (yield from _pause_clocks()) if at is not None else {}
+    # With ``at`` (when it was taken or lifted) the pause's time is also kept per project
+    # and kind, to move the deadlines of the jobs it holds (pause_clock); without, only
+    # the pause.
+    clocks: dict[tuple[str, str], rules.Span | None] = {}
+    if at is not None:
+        if until > 0:
+            # The project's rows, made at its first pause, so that there is a row to lock.
+            rows = [{"project": project, "kind": k} for k in KINDS]
+            yield q.many("ensure_pause_clock", rows)
+        clocks = yield from _pause_clocks()
     if until <= 0:
         kind = yield q.val("pause_kind", key=key)
         yield q.exec("delete_pause", key=key)
     else:
-        yield q.exec("store_pause", key=key, reason=reason, until=until, kind=kind)
+        pause = {"key": key, "reason": reason, "until": until, "kind": kind, "project": project}
+        yield q.exec("store_pause", pause)
     if at is not None:
         others = [] if until > 0 else (yield q.rows("pauses"))
         for k in KINDS if kind is None else (kind,):
-            span = clocks.get(k)
+            span = clocks.get((project, k))
             if until > 0:
                 ended, span = rules.widen(span, at, until)
                 if ended is not None:
-                    yield from _settle(k, ended)
+                    yield from _settle(project, k, ended)
             else:
-                ends = [float(r[2]) for r in others if r[3] in (None, k) and r[2] > at]
+                ends = [
+                    float(r[2])
+                    for r in others
+                    if r[4] == project and r[3] in (None, k) and r[2] > at
+                ]
                 span = rules.narrow(span, at, max(ends, default=None))
-            if span is not None and span != clocks.get(k):
-                yield q.exec("open_pause_clock", kind=k, since=span[0], until=span[1])
+            if span is not None and span != clocks.get((project, k)):
+                yield q.exec(
+                    "open_pause_clock", project=project, kind=k, since=span[0], until=span[1]
+                )
     # Delivered at commit: every replica listening adopts the pause within milliseconds.
     yield q.notify(PAUSE_CHANNEL, key)
 
 
-def pauses() -> Program[list[tuple[str, str, float, str | None]]]:
-    return [(r[0], r[1], float(r[2]), r[3]) for r in (yield q.rows("pauses"))]
+def pauses() -> Program[list[tuple[str, str, float, str | None, str]]]:
+    return [(r[0], r[1], float(r[2]), r[3], r[4]) for r in (yield q.rows("pauses"))]
 
 
 def backlog(now: float) -> Program[dict[str, tuple[int, float | None]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -72,6 +73,7 @@ def job(
         token=token,
         callback_url=url,
         metadata=kw.get("metadata"),
+        project=kw.get("project", "default"),
     )
 
 
@@ -348,7 +350,7 @@ async def test_claim_takes_due_watches_earliest_first(store: Store) -> None:
     await reg_at(store, job(token=4, kind="document"), T0, T0 + 1.5)
     await reg_at(store, job(token=5), T0, T0 + 20)
     first = await store.claim_due_watches(
-        "a", now=T0 + 2.5, lease=LONG, limit=10, skip_kinds=("document",)
+        "a", now=T0 + 2.5, lease=LONG, limit=10, skip_kinds=(("default", "document"),)
     )
     assert [(w.kind, w.token, w.due_at) for w in first] == [
         ("video", 1, T0 + 1),
@@ -537,6 +539,7 @@ async def test_an_outcome_goes_to_every_job_registered_by_the_poll(store: Store)
                 callback_url=f"http://127.0.0.1:9/{name}",
                 body=callback_body(
                     job_id=job_id,
+                    project="default",
                     kind="video",
                     token=7,
                     outcome="finished",
@@ -613,6 +616,7 @@ async def test_three_404s_end_in_not_found(store: Store) -> None:
     (d,) = await store.claim_due_deliveries("d", now=T0 + 30, lease=LONG, limit=5)
     assert d.body == callback_body(
         job_id=job_id,
+        project="default",
         kind="video",
         token=404,
         outcome="not_found",
@@ -643,6 +647,7 @@ async def test_expire_due_gives_expired_past_the_deadline(store: Store) -> None:
     (d,) = await store.claim_due_deliveries("d", now=T0 + 10, lease=LONG, limit=5)
     assert d.body == callback_body(
         job_id=soon.id,
+        project="default",
         kind="video",
         token=1,
         outcome="expired",
@@ -967,12 +972,12 @@ async def test_pauses_are_shared_and_never_shortened(store: Store) -> None:
     await store.set_pause("throttled", "throttled (429)", T0 + 5, None)
     await store.set_pause("rejected:video", "video conversion refused (400)", T0 + 3, "video")
     assert await store.pauses() == [
-        ("rejected:video", "video conversion refused (400)", T0 + 3, "video"),
-        ("throttled", "throttled (429)", T0 + 10, None),
+        ("rejected:video", "video conversion refused (400)", T0 + 3, "video", "default"),
+        ("throttled", "throttled (429)", T0 + 10, None, "default"),
     ]
     await store.set_pause("throttled", "throttled (429)", T0 + 20, None)
     await store.set_pause("rejected:video", "", 0, None)
-    assert await store.pauses() == [("throttled", "throttled (429)", T0 + 20, None)]
+    assert await store.pauses() == [("throttled", "throttled (429)", T0 + 20, None, "default")]
 
 
 async def test_no_job_expires_while_paused_and_pauses_move_deadlines(store: Store) -> None:
@@ -1332,3 +1337,190 @@ async def test_only_postgresql_is_shared_by_replicas(store: Store) -> None:
     # The scheduler re-reads a waiting callback's job before sending only where another
     # process could have canceled it: one process holds a SQLite file.
     assert store.shared is isinstance(store, PostgresStore)
+
+
+# -- projects: the watch is (project, kind, token) ------------------------------------------
+
+
+async def test_one_token_in_two_projects_is_two_watches_and_two_jobs(store: Store) -> None:
+    a, _ = await reg(store, job(token=5, project="shop"))
+    b, created = await reg(store, job(token=5, project="staging"))
+    assert created and a != b
+    # Ownership is per (project, kind, token): another tenant takes the token elsewhere.
+    c, _ = await reg(store, job(token=5, tenant="beta", project="blog"))
+    with pytest.raises(Conflict):
+        await reg(store, job(token=5, tenant="beta", project="shop"))
+    # Idempotency is per project too.
+    assert await reg(store, job(token=5, project="shop")) == (a, False)
+    shop = await store.get_job("alpha", a)
+    assert shop is not None and (shop.project, shop.to_api()["project"]) == ("shop", "shop")
+    listed, _ = await store.list_jobs("alpha", project="staging")
+    assert [j.id for j in listed] == [b]
+    assert {j.id for j in (await store.list_jobs("alpha"))[0]} == {a, b}
+    assert [j.id for j in (await store.list_jobs("beta", project="blog"))[0]] == [c]
+
+    claimed = await store.claim_due_watches("p", now=T0 + 1, lease=LONG, limit=10)
+    assert sorted((w.project, w.token) for w in claimed) == [
+        ("blog", 5),
+        ("shop", 5),
+        ("staging", 5),
+    ]
+    by_project = {w.project: w for w in claimed}
+    recorded = await store.record_poll(
+        by_project["staging"].id,
+        "p",
+        seen(T0 + 1, T0 + 1.2, status="finished", result='{"uuid":"s"}', outcome="finished"),
+        lease=LONG,
+        deliver=1,
+    )
+    # The staging watch's outcome goes to the staging job only, its body naming the project.
+    assert [r.job_id for r in recorded] == [b]
+    delivery = recorded[0].delivery
+    assert delivery is not None
+    data = json.loads(delivery.body)["data"]
+    assert (data["project"], data["result"]) == ("staging", {"uuid": "s"})
+    still = await store.get_job("alpha", a)
+    assert still is not None and (still.state, still.upstream_status) == ("tracking", None)
+
+
+async def test_a_claim_skips_paused_projects_and_paused_project_kinds(store: Store) -> None:
+    await reg_at(store, job(token=1, project="a"), T0, T0 + 1)
+    await reg_at(store, job(token=2, project="b"), T0, T0 + 1)
+    await reg_at(store, job(token=3, project="b", kind="document"), T0, T0 + 1)
+    await reg_at(store, job(token=4, project="c", kind="document"), T0, T0 + 1)
+    claimed = await store.claim_due_watches(
+        "p",
+        now=T0 + 2,
+        lease=LONG,
+        limit=10,
+        skip_projects=("a",),
+        skip_kinds=(("b", "document"),),
+    )
+    assert sorted((w.project, w.kind, w.token) for w in claimed) == [
+        ("b", "video", 2),
+        ("c", "document", 4),
+    ]
+
+
+async def test_a_project_pause_holds_and_moves_only_that_projects_deadlines(
+    store: Store,
+) -> None:
+    held, _ = await store.register(
+        job(token=1, project="shop"), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10
+    )
+    other, _ = await store.register(
+        job(token=1, project="blog"), now=T0, first_poll_at=T0 + 1, deadline_at=T0 + 10
+    )
+    await store.set_pause(
+        "shop:throttled", "throttled (429)", T0 + 15, None, project="shop", at=T0 + 5
+    )
+    assert await store.pauses() == [("shop:throttled", "throttled (429)", T0 + 15, None, "shop")]
+    # The blog project was never paused: its job expires on time; shop's waits.
+    assert await store.expire_due(now=T0 + 10) == [
+        Recorded(other.id, "video", 1, "expired", project="blog")
+    ]
+    assert await store.expire_due(now=T0 + 15) == []
+    moved = await store.get_job("alpha", held.id)
+    assert moved is not None and moved.deadline_at == T0 + 20
+    assert await store.expire_due(now=T0 + 20) == [
+        Recorded(held.id, "video", 1, "expired", project="shop")
+    ]
+    # A lift of a project's pause removes that project's key only.
+    await store.set_pause(
+        "shop:rejected", "credentials rejected (401)", T0 + 60, None, project="shop", at=T0 + 30
+    )
+    await store.set_pause("shop:rejected", "", 0, None, project="shop", at=T0 + 31)
+    assert [row[0] for row in await store.pauses()] == ["shop:throttled"]
+
+
+async def test_bulk_redelivery_filters_by_project(store: Store) -> None:
+    shop = await delivering(store, 1, project="shop")
+    blog = await delivering(store, 2, project="blog")
+    for job_id in (shop, blog):
+        await store.record_attempt(
+            job_id, "d", attempt(1, T0 + 1, 200), next_state="delivered", next_attempt_at=None
+        )
+    count, remaining = await store.redeliver_many(
+        "alpha", state="delivered", project="shop", limit=10, now=T0 + 5
+    )
+    assert (count, remaining) == (1, 0)
+    assert (await store.get_job("alpha", shop)).state == "delivering"  # type: ignore[union-attr]
+    assert (await store.get_job("alpha", blog)).state == "delivered"  # type: ignore[union-attr]
+
+
+async def test_rows_from_before_projects_are_the_default_project(tmp_path: Path) -> None:
+    """Migration 007 on SQLite: the watches table is rebuilt, every row kept as 'default'."""
+    path = tmp_path / "v6.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.create_function("bridge_sha256", 1, lambda text: b"d", deterministic=True)
+        for version, script in sqlite_migrations():
+            if version <= 6:
+                db.executescript(script)
+        db.execute(
+            "INSERT INTO watches (id, kind, token, owner, next_poll_at, created_at) "
+            "VALUES (3, 'video', 5, 'alpha', 1.0, 1.0)"
+        )
+        db.execute(
+            "INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, state, "
+            "polls_base, created_at, updated_at, deadline_at, url_digest) VALUES "
+            "('job_old', 'alpha', 3, 'video', 5, 'http://127.0.0.1:9/h', 'tracking', 0, "
+            "1.0, 1.0, 99999999999.0, x'00')"
+        )
+        db.execute("INSERT INTO pauses VALUES ('throttled', 'throttled (429)', 9e12, NULL)")
+        db.execute("PRAGMA user_version = 6")
+        db.commit()
+    s = await SQLiteStore.open(str(path))
+    try:
+        old = await s.get_job("alpha", "job_old")
+        assert old is not None and (old.project, old.token) == ("default", 5)
+        assert await s.pauses() == [("default:throttled", "throttled (429)", 9e12, None, "default")]
+        # The old watch is the default project's: the same token elsewhere is another one.
+        assert (await reg(s, job(token=5, tenant="beta", project="shop")))[1]
+        with pytest.raises(Conflict):
+            await reg(s, job(token=5, tenant="beta"))
+        (w,) = await s.claim_due_watches("p", now=2.0, lease=LONG, limit=5)
+        assert (w.id, w.project) == (3, "default")
+    finally:
+        await s.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+
+
+@pg.needs_postgres
+async def test_rows_from_before_projects_are_the_default_project_on_postgres(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bridge.store import postgres_driver
+
+    async with pg.fresh_schema() as schema:
+        with monkeypatch.context() as m:
+            m.setattr(
+                postgres_driver, "migrations", lambda d: [x for x in migrations(d) if x[0] <= 6]
+            )
+            old = await PostgresStore.open(pg.POSTGRES_URL, schema=schema)
+            await old.close()
+        await pg.fetchval(
+            schema,
+            "WITH w AS (INSERT INTO watches (kind, token, owner, next_poll_at, created_at) "
+            "VALUES ('video', 5, 'alpha', 1.0, 1.0) RETURNING id) "
+            "INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, state, "
+            "polls_base, created_at, updated_at, deadline_at, url_digest) "
+            "SELECT 'job_old', 'alpha', id, 'video', 5, 'http://127.0.0.1:9/h', 'tracking', 0, "
+            "1.0, 1.0, 99999999999.0, '\\x00'::bytea FROM w",
+        )
+        await pg.fetchval(
+            schema, "INSERT INTO pauses VALUES ('throttled', 'throttled (429)', 9e12, NULL)"
+        )
+        s = await PostgresStore.open(pg.POSTGRES_URL, schema=schema)
+        try:
+            found = await s.get_job("alpha", "job_old")
+            assert found is not None and found.project == "default"
+            assert await s.pauses() == [
+                ("default:throttled", "throttled (429)", 9e12, None, "default")
+            ]
+            assert (await reg(s, job(token=5, tenant="beta", project="shop")))[1]
+            with pytest.raises(Conflict):
+                await reg(s, job(token=5, tenant="beta"))
+        finally:
+            await s.close()

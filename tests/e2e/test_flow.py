@@ -325,7 +325,7 @@ async def test_not_found_expired_and_transient_errors(tmp_path: Path) -> None:
         by_path = {c.path: c.json() for c in rec.calls}
         assert by_path["/nf"]["data"]["status"] == "not_found"
         assert by_path["/nf"]["type"] == "video.conversion.not_found"
-        assert "404" in by_path["/nf"]["data"]["error"]
+        assert by_path["/nf"]["data"]["error"] == "token not known to Uploadcare project default"
         assert len(up.fake.status_requests(token=987654321)) == 3
         assert by_path["/exp"]["data"]["status"] == "expired"
         assert by_path["/exp"]["data"]["error"]

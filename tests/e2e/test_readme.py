@@ -250,6 +250,7 @@ async def bridge_callback(keys: list[Any]) -> tuple[bytes, dict[str, str]]:
 
     body = callback_body(
         job_id="job_01jdx2v9q4k8m3n6p7r5s2t0wa",
+        project="default",
         kind="video",
         token=426339926,
         outcome="finished",

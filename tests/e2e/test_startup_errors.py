@@ -44,8 +44,23 @@ async def test_nothing_set_names_the_first_key_to_set(tmp_path: Path) -> None:
     code, out, err = await serve({"BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
     assert code == 2 and out == ""
     assert one_line(err) == (
-        "bridge: UPLOADCARE_PUBLIC_KEY: not set; give your Uploadcare project's public key"
+        "bridge: UPLOADCARE_PUBLIC_KEY: not set; give your Uploadcare project's public key "
+        "(or name projects in BRIDGE_UPLOADCARE_PROJECTS)"
     )
+
+
+async def test_a_project_without_its_secret_key_names_the_variable(tmp_path: Path) -> None:
+    env = base_env(
+        tmp_path,
+        BRIDGE_UPLOADCARE_PROJECTS="shop:pub-shop,eu-staging:pub-staging",
+        UPLOADCARE_SECRET_KEY_SHOP="shop-secret-value",
+    )
+    code, out, err = await serve(env)
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("bridge: UPLOADCARE_SECRET_KEY_EU_STAGING: not set")
+    assert "UPLOADCARE_SECRET_KEY_EU_STAGING_FILE" in line
+    assert "shop-secret-value" not in err and env["UPLOADCARE_SECRET_KEY"] not in err
 
 
 async def test_missing_public_key(tmp_path: Path) -> None:

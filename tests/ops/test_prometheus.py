@@ -476,11 +476,11 @@ async def test_prometheus_scrapes_the_bridges_and_answers_queries(stack: Stack) 
     registered = await stack.api("query", query=f'sum(bridge_jobs_registered_total{{job="{JOB}"}})')
     assert registered["result"][0]["value"][1] == "3"
     paused = await stack.api(
-        "query", query=f'max by (reason) (bridge_upstream_paused{{job="{JOB}"}})'
+        "query", query=f'max by (project, reason) (bridge_upstream_paused{{job="{JOB}"}})'
     )
-    assert {r["metric"]["reason"]: r["value"][1] for r in paused["result"]} == {
-        "credentials rejected (401)": "1"
-    }
+    assert {
+        (r["metric"]["project"], r["metric"]["reason"]): r["value"][1] for r in paused["result"]
+    } == {("default", "credentials rejected (401)"): "1"}
 
 
 @module_loop
@@ -507,6 +507,7 @@ async def test_alert_rules_evaluate_in_prometheus_and_only_the_right_one_is_acti
     (alert,) = active["BridgeUpstreamCredentialsRejected"]["alerts"]
     assert alert["state"] in {"pending", "firing"}
     assert alert["labels"]["reason"] == "credentials rejected (401)"
+    assert alert["labels"]["project"] == "default"
     assert alert["labels"]["severity"] == "critical"
 
 

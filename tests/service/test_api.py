@@ -501,7 +501,10 @@ async def test_healthz_readyz_signing_secrets(client: Client) -> None:
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert await ready.json() == {"status": "ready", "upstream": {"state": "ok"}}
+    assert await ready.json() == {
+        "status": "ready",
+        "upstream": {"state": "ok", "projects": {"default": {"state": "ok"}}},
+    }
     secrets = await (await client.get("/v1/signing-secrets", headers=alpha())).json()
     assert len(secrets["secrets"]) == 1 and secrets["secrets"][0].startswith("whsec_")
     other = await (await client.get("/v1/signing-secrets", headers=beta())).json()

@@ -75,6 +75,7 @@ async def assert_round_trip(client: Client, answer: dict[str, Any]) -> None:
     assert job is not None
     body = model.callback_body(
         job_id=job.id,
+        project=job.project,
         kind=job.kind,
         token=job.token,
         outcome="finished",

@@ -30,6 +30,7 @@ SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 # A callback as the bridge makes it (the receivers hold every body to the event catalog).
 BODY = callback_body(
     job_id="job_01jdx2v9q4k8m3n6p7r5s2t0wa",
+    project="default",
     kind="video",
     token=1,
     outcome="finished",

@@ -126,7 +126,10 @@ async def test_readyz_is_503_when_the_database_does_not_answer(
         await app[keys.STORE].close()
         resp = await c.get("/readyz")
         assert resp.status == 503
-        assert (await resp.json())["upstream"] == {"state": "ok"}
+        assert (await resp.json())["upstream"] == {
+            "state": "ok",
+            "projects": {"default": {"state": "ok"}},
+        }
         assert (await c.get("/healthz")).status == 200
         # API calls answer 503 problem+json rather than crash.
         resp = await c.get("/v1/jobs", headers=H)

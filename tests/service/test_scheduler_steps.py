@@ -60,8 +60,8 @@ class Held:
         self.held: list[tuple[int, asyncio.Event]] = []  # (token, gate), oldest first
         self._arrived = asyncio.Condition()
 
-    async def status(self, kind: Any, token: int) -> Observation:
-        observation = await self.inner.status(kind, token)
+    async def status(self, project: str, kind: Any, token: int) -> Observation:
+        observation = await self.inner.status(project, kind, token)
         if not self.open:
             gate = asyncio.Event()
             self.held.append((token, gate))
@@ -319,9 +319,9 @@ async def test_a_429_pause_holds_every_request_until_retry_after(tmp_path: Path)
         assert (throttled.polled, throttled.deferred) == (1, 2)
         assert [q.status for q in r.requests()] == [429]
         assert r.pauses.describe()["reason"] == "throttled (429)"
-        assert r.pauses.reasons() == {"throttled (429)"}
+        assert r.pauses.reasons() == {("throttled (429)", "default")}
         assert metric(r, "bridge_upstream_throttled_total", project="default") == 1.0
-        assert [row[0] for row in await r.store.pauses()] == ["throttled"]  # for every replica
+        assert [row[0] for row in await r.store.pauses()] == ["default:throttled"]  # all replicas
 
         for offset in (1.1, 2.0, 4.0, 5.9):
             assert (await r.at(offset, t0)).idle, offset
@@ -330,7 +330,7 @@ async def test_a_429_pause_holds_every_request_until_retry_after(tmp_path: Path)
         # Retry-After has passed: polling resumes, a request at a time as the limit spaces them.
         resumed = await r.at(6.0, t0)
         assert (resumed.polled, resumed.deferred) == (1, 1)
-        assert r.pauses.describe() == {"state": "ok"}
+        assert r.pauses.describe()["state"] == "ok"
         await r.at(6.06, t0)
         await r.at(6.5, t0)  # the throttled watch: half a second after the pause (jitter 0.5)
         after = r.requests()[1:]
@@ -368,11 +368,11 @@ async def test_a_rejection_pause_grows_on_repeats_and_a_good_answer_lifts_it(
         r.upstream.release(b)
         assert (await asyncio.wait_for(second, STUCK)).polled == 1
         # B's 401 was in flight when the pause began: the same episode, not a longer pause.
-        pause = r.pauses.get("rejected")
+        pause = r.pauses.get("default:rejected")
         assert pause is not None and pause.until == paused_until
-        assert r.pauses.rejections("rejected") == 1
+        assert r.pauses.rejections("default:rejected") == 1
         assert await r.store.pauses() == [
-            ("rejected", "credentials rejected (401)", paused_until, None)
+            ("default:rejected", "credentials rejected (401)", paused_until, None, "default")
         ]
         jobs, _ = await r.store.list_jobs("alpha")
         # No job fails for it; both watches wait for the end of the pause.
@@ -383,23 +383,26 @@ async def test_a_rejection_pause_grows_on_repeats_and_a_good_answer_lifts_it(
         r.fake.respond_next(401)
         again = await r.at(7.5, t0)
         assert (again.polled, again.deferred) == (1, 1)
-        pause = r.pauses.get("rejected")
+        pause = r.pauses.get("default:rejected")
         assert pause is not None and pause.until == t0 + 7.5 + 10.0  # grown: 5 s, then 10 s
-        assert r.pauses.rejections("rejected") == 2
+        assert r.pauses.rejections("default:rejected") == 2
         assert len(r.requests()) == 3
 
         assert (await r.at(17.4, t0)).idle
         good = await r.at(17.5, t0)  # Uploadcare answers again
         assert good.polled == 1
-        assert r.pauses.get("rejected") is None and r.pauses.rejections("rejected") == 0
-        assert r.pauses.describe() == {"state": "ok"}
+        assert (
+            r.pauses.get("default:rejected") is None
+            and r.pauses.rejections("default:rejected") == 0
+        )
+        assert r.pauses.describe()["state"] == "ok"
         assert await r.store.pauses() == []  # lifted for every replica too
         assert (await r.at(17.56, t0)).polled == 1  # the other watch, given back, goes now
 
         # The count started again: the next rejection pauses for 5 s, not 20.
         r.fake.respond_next(401)
         await r.at(19.5, t0)
-        pause = r.pauses.get("rejected")
+        pause = r.pauses.get("default:rejected")
         assert pause is not None and pause.until == t0 + 19.5 + 5.0
 
 
@@ -418,14 +421,14 @@ async def test_a_credentials_pause_moves_the_deadline_and_no_job_expires(
 
         assert (await r.at(1.0, t0)).polled == 1  # 401: paused 5 s
         assert (await r.at(6.0, t0)).polled == 1  # 401 again: paused 10 s more
-        assert r.pauses.get("rejected") is not None
+        assert r.pauses.get("default:rejected") is not None
         for offset in (10.0, 12.0, 15.9):  # past the original deadline, still paused
             assert (await r.at(offset, t0)).idle, offset
         assert (await r.job(j.id)).state == "tracking"
 
         resumed = await r.at(16.0, t0)  # Uploadcare answers again
         assert (resumed.polled, resumed.expired) == (1, 0)
-        assert r.pauses.describe() == {"state": "ok"}
+        assert r.pauses.describe()["state"] == "ok"
         # Paused from t0+1 to t0+16: the deadline moved by those 15 s.
         moved = await r.job(j.id)
         assert moved.deadline_at == t0 + 25
@@ -482,7 +485,8 @@ async def test_three_404s_end_as_not_found(tmp_path: Path) -> None:
         assert [q.status for q in r.requests()] == [404, 404, 404]
         payload = await r.verified(r.rec.calls[0])
         assert payload["type"] == "video.conversion.not_found"
-        assert "404" in payload["data"]["error"]
+        assert payload["data"]["error"] == "token not known to Uploadcare project default"
+        assert payload["data"]["project"] == "default"
         assert (await r.job(j.id)).outcome == "not_found"
         assert (await r.at(60.0, t0)).idle  # the watch ended: no more polls
 
@@ -690,6 +694,7 @@ async def test_a_status_uploadcare_adds_is_tracked_by_the_growth_rule(tmp_path: 
             {
                 "event": "upstream_status_unknown",
                 "status": "queued",
+                "project": "default",
                 "kind": "video",
                 "token": token,
                 "log_level": "warning",

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bridge import pollplan
-from bridge.model import NOT_FOUND_ERROR, PollRecord, WatchWork
+from bridge.model import NOT_FOUND_ERROR, PollRecord, WatchWork, not_found_error
 from bridge.pacing import PauseBoard, TakePause
 from bridge.polldecision import (
     NotFoundSeen,
@@ -182,14 +182,14 @@ CASES = {
         replace(WATCH, failures=1, not_found=1),
         Throttled(retry_after=2.0),
         record(failures=1, not_found=1, next_poll_at=T0 + 2.5),
-        take=TakePause("throttled", "throttled (429)", T0 + 2.0),
+        take=TakePause("default:throttled", "throttled (429)", T0 + 2.0),
         events=(ThrottledSeen(2.0),),
     ),
     "a 429's slack is jittered over the whole second": Case(
         WATCH,
         Throttled(retry_after=2.0),
         record(next_poll_at=T0 + 2.0),
-        take=TakePause("throttled", "throttled (429)", T0 + 2.0),
+        take=TakePause("default:throttled", "throttled (429)", T0 + 2.0),
         events=(ThrottledSeen(2.0),),
         rand=0.0,
     ),
@@ -198,23 +198,23 @@ CASES = {
         WATCH,
         Rejected(401, DETAIL),
         record(next_poll_at=T0 + 5.0),
-        take=TakePause("rejected", "credentials rejected (401)", T0 + 5.0, None, 1),
+        take=TakePause("default:rejected", "credentials rejected (401)", T0 + 5.0, None, 1),
         events=(Paused("credentials rejected (401)", DETAIL, 5.0),),
     ),
     "a repeated rejection after its pause grows the pause": Case(
         WATCH,
         Rejected(403, DETAIL),
         record(next_poll_at=T0 + 20.0),
-        take=TakePause("rejected", "credentials rejected (403)", T0 + 20.0, None, 3),
+        take=TakePause("default:rejected", "credentials rejected (403)", T0 + 20.0, None, 3),
         events=(Paused("credentials rejected (403)", DETAIL, 20.0),),
-        pauses=[TakePause("rejected", "credentials rejected (401)", T0 - 1, None, 2)],
+        pauses=[TakePause("default:rejected", "credentials rejected (401)", T0 - 1, None, 2)],
     ),
     "a rejection while its pause is in force (in flight then) does not grow it": Case(
         WATCH,
         Rejected(401, DETAIL),
         record(next_poll_at=T0 + 3.0),
         events=(RejectedAgain(401),),  # logged (its request id), no new pause
-        pauses=[TakePause("rejected", "credentials rejected (401)", T0 + 3.0, None, 2)],
+        pauses=[TakePause("default:rejected", "credentials rejected (401)", T0 + 3.0, None, 2)],
     ),
     # -- clock skew: a 401 to a request whose Date was more than 5 minutes off ----------------
     "a 401 with this host 10 minutes behind is clock skew, not the keys": Case(
@@ -222,7 +222,11 @@ CASES = {
         Rejected(401, DETAIL, skew=600.4, request_id="req-1"),
         record(next_poll_at=T0 + 5.0),
         take=TakePause(
-            "rejected", "clock skew (this host is 600 s behind Uploadcare)", T0 + 5.0, None, 1
+            "default:rejected",
+            "clock skew (this host is 600 s behind Uploadcare)",
+            T0 + 5.0,
+            None,
+            1,
         ),
         events=(
             Paused(
@@ -235,7 +239,11 @@ CASES = {
         Rejected(401, DETAIL, skew=-301.6),
         record(next_poll_at=T0 + 5.0),
         take=TakePause(
-            "rejected", "clock skew (this host is 302 s ahead of Uploadcare)", T0 + 5.0, None, 1
+            "default:rejected",
+            "clock skew (this host is 302 s ahead of Uploadcare)",
+            T0 + 5.0,
+            None,
+            1,
         ),
         events=(
             Paused(
@@ -247,7 +255,7 @@ CASES = {
         WATCH,
         Rejected(401, DETAIL, skew=300.0),
         record(next_poll_at=T0 + 5.0),
-        take=TakePause("rejected", "credentials rejected (401)", T0 + 5.0, None, 1),
+        take=TakePause("default:rejected", "credentials rejected (401)", T0 + 5.0, None, 1),
         events=(Paused("credentials rejected (401)", DETAIL, 5.0),),
     ),
     "a 400 under a large skew is clock skew too (Uploadcare's 'Date should be within')": Case(
@@ -255,7 +263,11 @@ CASES = {
         Rejected(400, "Date should be within 0:15:00 of our server time.", skew=1200.0),
         record(next_poll_at=T0 + 5.0),
         take=TakePause(
-            "rejected", "clock skew (this host is 1200 s behind Uploadcare)", T0 + 5.0, None, 1
+            "default:rejected",
+            "clock skew (this host is 1200 s behind Uploadcare)",
+            T0 + 5.0,
+            None,
+            1,
         ),
         events=(
             Paused(
@@ -271,14 +283,14 @@ CASES = {
         WATCH,
         Rejected(403, DETAIL, skew=900.0),
         record(next_poll_at=T0 + 5.0),
-        take=TakePause("rejected", "credentials rejected (403)", T0 + 5.0, None, 1),
+        take=TakePause("default:rejected", "credentials rejected (403)", T0 + 5.0, None, 1),
         events=(Paused("credentials rejected (403)", DETAIL, 5.0),),
     ),
     "a 401 with no known skew (simple auth, no Date) is the keys": Case(
         WATCH,
         Rejected(401, DETAIL, skew=None),
         record(next_poll_at=T0 + 5.0),
-        take=TakePause("rejected", "credentials rejected (401)", T0 + 5.0, None, 1),
+        take=TakePause("default:rejected", "credentials rejected (401)", T0 + 5.0, None, 1),
         events=(Paused("credentials rejected (401)", DETAIL, 5.0),),
     ),
     "a skewed 401 after skew pauses grows the pause like any rejection": Case(
@@ -286,7 +298,11 @@ CASES = {
         Rejected(401, DETAIL, skew=-1000.0),
         record(next_poll_at=T0 + 10.0),
         take=TakePause(
-            "rejected", "clock skew (this host is 1000 s ahead of Uploadcare)", T0 + 10.0, None, 2
+            "default:rejected",
+            "clock skew (this host is 1000 s ahead of Uploadcare)",
+            T0 + 10.0,
+            None,
+            2,
         ),
         events=(
             Paused(
@@ -295,7 +311,11 @@ CASES = {
         ),
         pauses=[
             TakePause(
-                "rejected", "clock skew (this host is 999 s ahead of Uploadcare)", T0 - 1, None, 1
+                "default:rejected",
+                "clock skew (this host is 999 s ahead of Uploadcare)",
+                T0 - 1,
+                None,
+                1,
             )
         ],
     ),
@@ -303,50 +323,94 @@ CASES = {
         WATCH,
         Rejected(400, "Bad request."),
         record(next_poll_at=T0 + 5.0),
-        take=TakePause("rejected", "request rejected (400)", T0 + 5.0, None, 1),
+        take=TakePause("default:rejected", "request rejected (400)", T0 + 5.0, None, 1),
         events=(Paused("request rejected (400)", "Bad request.", 5.0),),
     ),
     "a 406 is a request rejected": Case(
         WATCH,
         Rejected(406, "Incorrect Accept header."),
         record(next_poll_at=T0 + 5.0),
-        take=TakePause("rejected", "request rejected (406)", T0 + 5.0, None, 1),
+        take=TakePause("default:rejected", "request rejected (406)", T0 + 5.0, None, 1),
         events=(Paused("request rejected (406)", "Incorrect Accept header.", 5.0),),
     ),
     "a 400 naming a kind pauses that kind only, beside a pause of everyone": Case(
         WATCH,
         Rejected(400, "Video conversion feature is not available", kind="video"),
         record(next_poll_at=T0 + 5.0),
-        take=TakePause("rejected:video", "video conversion refused (400)", T0 + 5.0, "video", 1),
+        take=TakePause(
+            "default:rejected:video", "video conversion refused (400)", T0 + 5.0, "video", 1
+        ),
         events=(
             Paused(
                 "video conversion refused (400)", "Video conversion feature is not available", 5.0
             ),
         ),
-        pauses=[TakePause("rejected", "credentials rejected (401)", T0 + 3.0, None, 1)],
+        pauses=[TakePause("default:rejected", "credentials rejected (401)", T0 + 3.0, None, 1)],
     ),
     "a good answer lifts the rejection pauses of everyone and of its kind": Case(
         WATCH,
         status("pending"),
         answered("pending", 2.0, changed=True),
-        lift=("rejected", "rejected:video"),
+        lift=("default:rejected", "default:rejected:video"),
         events=(
-            Resumed("rejected"),
-            Resumed("rejected:video"),
+            Resumed("default:rejected"),
+            Resumed("default:rejected:video"),
             StatusChanged("pending", "processing"),
         ),
         pauses=[
-            TakePause("rejected", "credentials rejected (401)", T0 - 1, None, 2),
-            TakePause("rejected:video", "video conversion refused (400)", T0 + 9, "video", 1),
-            TakePause("rejected:document", "document conversion refused (400)", T0 + 9, None, 1),
-            TakePause("throttled", "throttled (429)", T0 - 1),
+            TakePause("default:rejected", "credentials rejected (401)", T0 - 1, None, 2),
+            TakePause(
+                "default:rejected:video", "video conversion refused (400)", T0 + 9, "video", 1
+            ),
+            TakePause(
+                "default:rejected:document", "document conversion refused (400)", T0 + 9, None, 1
+            ),
+            TakePause("default:throttled", "throttled (429)", T0 - 1),
         ],
     ),
     "a pause not counted here (adopted from the store) is not lifted": Case(
         WATCH,
         status("processing"),
         answered("processing", 6.0),
-        pauses=[TakePause("rejected", "credentials rejected (401)", T0 - 1)],
+        pauses=[TakePause("default:rejected", "credentials rejected (401)", T0 - 1)],
+    ),
+    # -- projects: every pause is the watch's project's ------------------------------------
+    "a third 404 in another project names that project": Case(
+        replace(WATCH, not_found=2, project="shop"),
+        NotFound(),
+        record(
+            not_found=3,
+            next_poll_at=T0 + 2.0,
+            outcome="not_found",
+            outcome_error="token not known to Uploadcare project shop",
+        ),
+        events=(NotFoundSeen(3),),
+    ),
+    "a 429 in another project pauses that project": Case(
+        replace(WATCH, project="shop"),
+        Throttled(retry_after=2.0),
+        record(next_poll_at=T0 + 2.5),
+        take=TakePause("shop:throttled", "throttled (429)", T0 + 2.0, project="shop"),
+        events=(ThrottledSeen(2.0),),
+    ),
+    "a rejection in another project pauses that project, whatever others count": Case(
+        replace(WATCH, project="shop"),
+        Rejected(401, DETAIL),
+        record(next_poll_at=T0 + 5.0),
+        take=TakePause("shop:rejected", "credentials rejected (401)", T0 + 5.0, None, 1, "shop"),
+        events=(Paused("credentials rejected (401)", DETAIL, 5.0),),
+        pauses=[TakePause("default:rejected", "credentials rejected (401)", T0 + 3.0, None, 3)],
+    ),
+    "a good answer lifts only its own project's rejection pauses": Case(
+        replace(WATCH, project="shop"),
+        status("processing"),
+        answered("processing", 6.0),
+        lift=("shop:rejected",),
+        events=(Resumed("shop:rejected"),),
+        pauses=[
+            TakePause("default:rejected", "credentials rejected (401)", T0 - 1, None, 2),
+            TakePause("shop:rejected", "credentials rejected (401)", T0 - 1, None, 1, "shop"),
+        ],
     ),
     # -- transient failures -------------------------------------------------------------------
     "a 5xx backs off from twice the minimum": Case(
@@ -372,7 +436,7 @@ CASES = {
         WATCH,
         Throttled(2.0, "req-429"),
         record(next_poll_at=T0 + 2.5),
-        take=TakePause("throttled", "throttled (429)", T0 + 2.0),
+        take=TakePause("default:throttled", "throttled (429)", T0 + 2.0),
         events=(ThrottledSeen(2.0, "req-429"),),
     ),
     "a 5xx's request id": Case(
@@ -386,7 +450,7 @@ CASES = {
         Rejected(400, "Bad request.", request_id="req-400"),
         record(next_poll_at=T0 + 3.0),
         events=(RejectedAgain(400, "req-400"),),
-        pauses=[TakePause("rejected", "request rejected (400)", T0 + 3.0, None, 1)],
+        pauses=[TakePause("default:rejected", "request rejected (400)", T0 + 3.0, None, 1)],
     ),
     "garbage is a failure like any other": Case(
         replace(WATCH, failures=1),
@@ -423,6 +487,11 @@ def test_decide_poll(name: str) -> None:
     assert got.events == case.events
 
 
+def test_the_not_found_error_names_the_project() -> None:
+    assert not_found_error("default") == NOT_FOUND_ERROR
+    assert not_found_error("staging") == "token not known to Uploadcare project staging"
+
+
 def test_a_learned_plan_sets_the_interval() -> None:
     weights: list[float] = []
     for _ in range(100):
@@ -437,7 +506,7 @@ def test_a_learned_plan_sets_the_interval() -> None:
 
 def test_it_reads_the_pauses_and_changes_none() -> None:
     board = PauseBoard(lambda: T0)
-    board.take(TakePause("rejected", "credentials rejected (401)", T0 + 3.0, None, 1))
+    board.take(TakePause("default:rejected", "credentials rejected (401)", T0 + 3.0, None, 1))
     for observation in (Rejected(401, DETAIL), Throttled(5.0), status("pending")):
         decide_poll(
             WATCH,
@@ -449,5 +518,5 @@ def test_it_reads_the_pauses_and_changes_none() -> None:
             rand=0.5,
             pauses=board,
         )
-    assert board.reasons() == {"credentials rejected (401)"}
-    assert board.rejections("rejected") == 1
+    assert board.reasons() == {("credentials rejected (401)", "default")}
+    assert board.rejections("default:rejected") == 1

@@ -128,6 +128,7 @@ def test_a_legacy_row_with_infinity_reads_as_null_and_its_callback_is_strict_jso
     the callback now carries null too, where it carried Infinity (which no receiver reads)."""
     body = model.callback_body(
         job_id="job_01jdx2v9q4k8m3n6p7r5s2t0wa",
+        project="default",
         kind="video",
         token=1,
         outcome="finished",

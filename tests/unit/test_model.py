@@ -36,6 +36,7 @@ def test_retry_delay(
 def test_callback_body_shape() -> None:
     body = model.callback_body(
         job_id="job_01jdx2v9q4k8m3n6p7r5s2t0wa",
+        project="shop",
         kind="video",
         token=426339926,
         outcome="finished",
@@ -49,7 +50,7 @@ def test_callback_body_shape() -> None:
         "timestamp": "2027-01-15T08:01:12.500Z",
         "data": {
             "job_id": "job_01jdx2v9q4k8m3n6p7r5s2t0wa",
-            "project": "default",
+            "project": "shop",
             "kind": "video",
             "token": 426339926,
             "status": "finished",
@@ -74,13 +75,16 @@ def test_redact_url() -> None:
 def test_pause_board() -> None:
     now = [100.0]
     board = PauseBoard(lambda: now[0])
-    assert board.describe() == {"state": "ok"}
-    board.take(TakePause("rejected:video", "video conversion refused (400)", 110.0, "video"))
-    assert board.paused(now[0]) == (False, ("video",))
-    assert board.until("video", now[0]) == 110.0
-    assert board.until("document", now[0]) == 100.0
-    board.take(TakePause("throttled", "throttled (429)", 105.0))
-    assert board.paused(now[0]) == (True, ("video",))
-    assert board.until("document", now[0]) == 105.0
+    assert board.describe()["state"] == "ok"
+    board.take(
+        TakePause("default:rejected:video", "video conversion refused (400)", 110.0, "video")
+    )
+    assert board.paused(now[0]) == ((), (("default", "video"),))
+    assert board.until("default", "video", now[0]) == 110.0
+    assert board.until("default", "document", now[0]) == 100.0
+    board.take(TakePause("default:throttled", "throttled (429)", 105.0))
+    assert board.paused(now[0]) == (("default",), (("default", "video"),))
+    assert board.until("default", "document", now[0]) == 105.0
+    assert board.until("other", "document", now[0]) == 100.0
     now[0] = 111.0
-    assert board.describe() == {"state": "ok"}
+    assert board.describe()["state"] == "ok"

@@ -81,4 +81,4 @@ def test_a_name_stands_once() -> None:
 
 def test_migrations_are_the_numbered_scripts_only() -> None:
     for dialect in ("sqlite", "postgres"):
-        assert [v for v, _ in migrations(dialect)] == [1, 2, 3, 4, 5, 6]
+        assert [v for v, _ in migrations(dialect)] == [1, 2, 3, 4, 5, 6, 7]

@@ -20,7 +20,8 @@ def job_row(**kw: Any) -> dict[str, Any]:
     empty = ("outcome", "up_status", "up_error", "up_result", "last_polled_at", "w_error")
     empty += ("last_attempt_at", "last_response_status", "last_error", "next_attempt_at")
     row = dict.fromkeys((*empty, "delivered_at"))
-    row |= {"seq": 7, "id": "job_a", "tenant": "alpha", "kind": "video", "token": 9}
+    row |= {"seq": 7, "id": "job_a", "tenant": "alpha", "project": "default", "kind": "video"}
+    row |= {"token": 9}
     row |= {"callback_url": "http://127.0.0.1:9/h", "metadata": '{"k":"v"}', "state": "tracking"}
     row |= {"polls_base": 2, "polls": 0, "attempts": 0, "created_at": T0, "updated_at": T0}
     row |= {"deadline_at": T0 + 100, "w_status": "processing", "w_result": '{"p":1}', "w_polls": 5}

@@ -13,10 +13,11 @@ SELECT 1;
 -- name: make_watch
 -- The newcomer's watch, armed for its first poll; nothing if another registration made
 -- it after our look (that one is then read and locked instead). Without RETURNING: the
--- job's insert finds the watch by (kind, token), and a RETURNING costs SQLite a buffer.
-INSERT INTO watches (kind, token, owner, next_poll_at, created_at, armed_at)
-VALUES (:kind, :token, :tenant, :first_poll_at, :now, :now)
-ON CONFLICT (kind, token) DO NOTHING;
+-- job's insert finds the watch by (project, kind, token), and a RETURNING costs SQLite a
+-- buffer.
+INSERT INTO watches (project, kind, token, owner, next_poll_at, created_at, armed_at)
+VALUES (:project, :kind, :token, :tenant, :first_poll_at, :now, :now)
+ON CONFLICT (project, kind, token) DO NOTHING;
 
 -- name: rearm_watch
 -- The watch had ended: poll again for the newcomer, starting afresh.
@@ -33,19 +34,19 @@ UPDATE watches SET next_poll_at = :next_poll_at WHERE id = :watch_id;
 -- name: registered_job
 -- The digest finds it on the registration index; the URL itself is compared byte for byte.
 SELECT id FROM jobs
- WHERE tenant = :tenant AND kind = :kind AND token = :token AND url_digest = :url_digest
-   AND callback_url = :callback_url AND state <> 'canceled';
+ WHERE tenant = :tenant AND project = :project AND kind = :kind AND token = :token
+   AND url_digest = :url_digest AND callback_url = :callback_url AND state <> 'canceled';
 
 -- name: insert_job
 -- Nothing when a duplicate committed despite the watch lock: the registration then
 -- decides against that one. (SQLite needs the WHERE to read ON CONFLICT as an upsert.)
-INSERT INTO jobs (id, tenant, watch_id, kind, token, callback_url, url_digest, metadata,
-                  state, polls_base, created_at, updated_at, deadline_at, first_poll_at,
-                  callback_host)
-SELECT :job_id, :tenant, id, kind, token, :callback_url, :url_digest, :metadata, 'tracking',
-       polls, :now, :now, :deadline_at, :first_poll_at, :callback_host
-  FROM watches WHERE kind = :kind AND token = :token
-ON CONFLICT (tenant, kind, token, url_digest) WHERE state <> 'canceled' DO NOTHING;
+INSERT INTO jobs (id, tenant, watch_id, project, kind, token, callback_url, url_digest,
+                  metadata, state, polls_base, created_at, updated_at, deadline_at,
+                  first_poll_at, callback_host)
+SELECT :job_id, :tenant, id, project, kind, token, :callback_url, :url_digest, :metadata,
+       'tracking', polls, :now, :now, :deadline_at, :first_poll_at, :callback_host
+  FROM watches WHERE project = :project AND kind = :kind AND token = :token
+ON CONFLICT (tenant, project, kind, token, url_digest) WHERE state <> 'canceled' DO NOTHING;
 
 -- -- reading jobs --------------------------------------------------------------------------
 
@@ -65,6 +66,7 @@ SELECT j.*, w.status AS w_status, w.error AS w_error, w.result AS w_result,
  WHERE j.tenant = :tenant
    AND (CAST(:state AS text) IS NULL OR j.state = :state)
    AND (CAST(:kind AS text) IS NULL OR j.kind = :kind)
+   AND (CAST(:project AS text) IS NULL OR j.project = :project)
    AND (CAST(:token AS bigint) IS NULL OR j.token = :token)
    AND j.seq < coalesce(CAST(:before AS bigint), 9223372036854775807)
  ORDER BY j.seq DESC
@@ -106,6 +108,7 @@ UPDATE jobs
 SELECT count(*) FROM jobs
  WHERE tenant = :tenant AND state = :state AND ended_at IS NOT NULL
    AND (CAST(:kind AS text) IS NULL OR kind = :kind)
+   AND (CAST(:project AS text) IS NULL OR project = :project)
    AND (CAST(:since AS double precision) IS NULL OR ended_at >= :since)
    AND (CAST(:until AS double precision) IS NULL OR ended_at < :until);
 
@@ -227,9 +230,10 @@ UPDATE durations SET weight = weight * :factor WHERE kind = :kind;
 
 -- name: store_pause
 -- A pause never shortens one already stored under its key.
-INSERT INTO pauses (key, reason, until, kind) VALUES (:key, :reason, :until, :kind)
+INSERT INTO pauses (key, reason, until, kind, project)
+VALUES (:key, :reason, :until, :kind, :project)
 ON CONFLICT (key) DO UPDATE
-   SET reason = excluded.reason, kind = excluded.kind,
+   SET reason = excluded.reason, kind = excluded.kind, project = excluded.project,
        until = CASE WHEN pauses.until > excluded.until THEN pauses.until ELSE excluded.until END;
 
 -- name: delete_pause
@@ -238,25 +242,32 @@ DELETE FROM pauses WHERE key = :key;
 -- name: pause_kind
 SELECT kind FROM pauses WHERE key = :key;
 
+-- name: ensure_pause_clock
+-- The (project, kind) row writers lock, made the first time the project takes a pause.
+INSERT INTO pause_clock (project, kind) VALUES (:project, :kind)
+ON CONFLICT (project, kind) DO NOTHING;
+
 -- name: open_pause_clock
--- The kind's paused span, opened or widened (see pause_clock in migration 003).
-INSERT INTO pause_clock (kind, since, until) VALUES (:kind, :since, :until)
-ON CONFLICT (kind) DO UPDATE SET since = excluded.since, until = excluded.until;
+-- The (project, kind)'s paused span, opened or widened (see pause_clock in migrations 003
+-- and 007).
+INSERT INTO pause_clock (project, kind, since, until) VALUES (:project, :kind, :since, :until)
+ON CONFLICT (project, kind) DO UPDATE SET since = excluded.since, until = excluded.until;
 
 -- name: settle_pause_clock
--- A paused span that has ended moves the deadline of every tracking job of its kind that
--- it held: by the part of the span after the job registered. A job already past its
--- deadline when the span began was not held by it.
+-- A paused span that has ended moves the deadline of every tracking job of its project
+-- and kind that it held: by the part of the span after the job registered. A job already
+-- past its deadline when the span began was not held by it.
 UPDATE jobs
    SET deadline_at = deadline_at + (CAST(:until AS double precision)
                      - CASE WHEN created_at > :since THEN created_at ELSE :since END)
- WHERE kind = :kind AND state = 'tracking' AND created_at < :until AND deadline_at > :since;
+ WHERE project = :project AND kind = :kind AND state = 'tracking' AND created_at < :until
+   AND deadline_at > :since;
 
 -- name: close_pause_clock
-UPDATE pause_clock SET since = NULL, until = NULL WHERE kind = :kind;
+UPDATE pause_clock SET since = NULL, until = NULL WHERE project = :project AND kind = :kind;
 
 -- name: pauses
-SELECT key, reason, until, kind FROM pauses ORDER BY key;
+SELECT key, reason, until, kind, project FROM pauses ORDER BY key;
 
 -- -- leases --------------------------------------------------------------------------------
 

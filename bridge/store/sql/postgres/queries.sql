@@ -18,8 +18,9 @@
 -- -- locks: watch first, then jobs ---------------------------------------------------------
 
 -- name: watch_by_token
--- The (kind, token) watch, locked: serializes every registration of it.
-SELECT id, owner, next_poll_at FROM watches WHERE kind = :kind AND token = :token FOR UPDATE;
+-- The (project, kind, token) watch, locked: serializes every registration of it.
+SELECT id, owner, next_poll_at FROM watches
+ WHERE project = :project AND kind = :kind AND token = :token FOR UPDATE;
 
 -- name: lock_watches
 SELECT 1 FROM watches WHERE id = ANY(:watch_ids::bigint[]) ORDER BY id FOR UPDATE;
@@ -32,18 +33,19 @@ SELECT * FROM watches WHERE id = :watch_id FOR UPDATE;
 
 -- name: pause_clocks
 -- Locked first by every verb that reads them (set_pause, expire_due), before any watch.
-SELECT kind, since, until FROM pause_clock ORDER BY kind FOR UPDATE;
+SELECT project, kind, since, until FROM pause_clock ORDER BY project, kind FOR UPDATE;
 
 -- name: outcome_jobs
 -- The jobs a poll decides: those registered before its request went out. Locked and
 -- re-checked: a job canceled meanwhile keeps its cancellation.
-SELECT id, tenant, kind, token, callback_url, metadata, polls_base, attempts FROM jobs
+SELECT id, tenant, project, kind, token, callback_url, metadata, polls_base, attempts
+  FROM jobs
  WHERE watch_id = :watch_id AND state = 'tracking' AND created_at <= :started_at
  ORDER BY seq FOR UPDATE;
 
 -- name: expiring_jobs
 -- Re-read under the watch locks: another replica may have expired them first.
-SELECT j.id, j.kind, j.token, j.metadata, j.polls_base,
+SELECT j.id, j.project, j.kind, j.token, j.metadata, j.polls_base,
        w.status, w.error, w.result, w.polls, w.last_polled_at
   FROM jobs j JOIN watches w ON w.id = j.watch_id
  WHERE j.state = 'tracking' AND j.deadline_at <= :now AND j.watch_id = ANY(:watch_ids::bigint[])
@@ -56,9 +58,11 @@ SELECT state, attempts, next_attempt_at, delivered_at, ended_at FROM jobs
 -- -- writes on lists -----------------------------------------------------------------------
 
 -- name: expiring_watches
--- Kinds whose polling is paused do not expire (their deadlines move when it ends).
+-- The (project, kind) pairs whose polling is paused ("project:kind") do not expire
+-- (their deadlines move when it ends).
 SELECT DISTINCT watch_id FROM jobs
- WHERE state = 'tracking' AND deadline_at <= :now AND kind <> ALL(:skip_kinds::text[])
+ WHERE state = 'tracking' AND deadline_at <= :now
+   AND project || ':' || kind <> ALL(:skip_pairs::text[])
  ORDER BY watch_id;
 
 -- name: idle_watches
@@ -90,6 +94,7 @@ WITH chosen AS (
     SELECT seq FROM jobs
      WHERE tenant = :tenant AND state = :state AND ended_at IS NOT NULL
        AND (CAST(:kind AS text) IS NULL OR kind = :kind)
+       AND (CAST(:project AS text) IS NULL OR project = :project)
        AND (CAST(:since AS double precision) IS NULL OR ended_at >= :since)
        AND (CAST(:until AS double precision) IS NULL OR ended_at < :until)
      ORDER BY ended_at, seq
@@ -132,7 +137,8 @@ WITH RECURSIVE owners AS (
             WHERE owner = o.owner AND next_poll_at <= :now
               AND (lease_until IS NULL
                    OR lease_until < extract(epoch FROM statement_timestamp())::float8)
-              AND kind <> ALL(:skip_kinds::text[])
+              AND project <> ALL(:skip_projects::text[])
+              AND project || ':' || kind <> ALL(:skip_pairs::text[])
             ORDER BY next_poll_at
             LIMIT :limit
               FOR UPDATE SKIP LOCKED) c
@@ -145,7 +151,7 @@ WITH RECURSIVE owners AS (
            lease_until = extract(epoch FROM statement_timestamp())::float8 + :lease::float8
      WHERE w.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING w.id, w.kind, w.token, w.next_poll_at, w.status, w."interval", w.not_found,
-              w.failures, coalesce(w.armed_at, w.created_at), w.last_polled_at
+              w.failures, coalesce(w.armed_at, w.created_at), w.last_polled_at, w.project
 )
 SELECT * FROM claimed ORDER BY next_poll_at, id;
 

@@ -9,7 +9,8 @@
 -- -- locks: the transaction holds the file already ----------------------------------------
 
 -- name: watch_by_token
-SELECT id, owner, next_poll_at FROM watches WHERE kind = :kind AND token = :token;
+SELECT id, owner, next_poll_at FROM watches
+ WHERE project = :project AND kind = :kind AND token = :token;
 
 -- name: lock_watches
 SELECT 1 FROM watches WHERE id IN (SELECT value FROM json_each(:watch_ids));
@@ -21,16 +22,17 @@ SELECT 1 FROM jobs WHERE id = :job_id AND tenant = :tenant;
 SELECT * FROM watches WHERE id = :watch_id;
 
 -- name: pause_clocks
-SELECT kind, since, until FROM pause_clock ORDER BY kind;
+SELECT project, kind, since, until FROM pause_clock ORDER BY project, kind;
 
 -- name: outcome_jobs
 -- The jobs a poll decides: those registered before its request went out.
-SELECT id, tenant, kind, token, callback_url, metadata, polls_base, attempts FROM jobs
+SELECT id, tenant, project, kind, token, callback_url, metadata, polls_base, attempts
+  FROM jobs
  WHERE watch_id = :watch_id AND state = 'tracking' AND created_at <= :started_at
  ORDER BY seq;
 
 -- name: expiring_jobs
-SELECT j.id, j.kind, j.token, j.metadata, j.polls_base,
+SELECT j.id, j.project, j.kind, j.token, j.metadata, j.polls_base,
        w.status, w.error, w.result, w.polls, w.last_polled_at
   FROM jobs j JOIN watches w ON w.id = j.watch_id
  WHERE j.state = 'tracking' AND j.deadline_at <= :now
@@ -43,10 +45,11 @@ SELECT state, attempts, next_attempt_at, delivered_at, ended_at FROM jobs WHERE 
 -- -- writes on lists -----------------------------------------------------------------------
 
 -- name: expiring_watches
--- Kinds whose polling is paused do not expire (their deadlines move when it ends).
+-- The (project, kind) pairs whose polling is paused ("project:kind") do not expire
+-- (their deadlines move when it ends).
 SELECT DISTINCT watch_id FROM jobs
  WHERE state = 'tracking' AND deadline_at <= :now
-   AND kind NOT IN (SELECT value FROM json_each(:skip_kinds))
+   AND project || ':' || kind NOT IN (SELECT value FROM json_each(:skip_pairs))
  ORDER BY watch_id;
 
 -- name: idle_watches
@@ -79,6 +82,7 @@ UPDATE jobs
        SELECT seq FROM jobs
         WHERE tenant = :tenant AND state = :state AND ended_at IS NOT NULL
           AND (:kind IS NULL OR kind = :kind)
+          AND (:project IS NULL OR project = :project)
           AND (:since IS NULL OR ended_at >= :since)
           AND (:until IS NULL OR ended_at < :until)
         ORDER BY ended_at, seq
@@ -106,13 +110,14 @@ WITH RECURSIVE owners(owner) AS (
               SELECT x.id FROM watches x
                WHERE x.owner = owners.owner AND x.next_poll_at <= :now
                  AND (x.lease_until IS NULL OR x.lease_until < :now)
-                 AND x.kind NOT IN (SELECT value FROM json_each(:skip_kinds))
+                 AND x.project NOT IN (SELECT value FROM json_each(:skip_projects))
+                 AND x.project || ':' || x.kind NOT IN (SELECT value FROM json_each(:skip_pairs))
                ORDER BY x.next_poll_at
                LIMIT :limit))
 UPDATE watches SET lease_owner = :owner, lease_until = :now + :lease
  WHERE id IN (SELECT id FROM turns ORDER BY turn, next_poll_at, id LIMIT :limit)
 RETURNING id, kind, token, next_poll_at, status, "interval", not_found, failures,
-          coalesce(armed_at, created_at), last_polled_at;
+          coalesce(armed_at, created_at), last_polled_at, project;
 
 -- name: claim_deliveries
 -- Due callbacks, earliest first, around the ones this process may not start now (see
