@@ -13,18 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge import keys
 from bridge import settings as settings_mod
 from bridge.app import create_app, open_scheduler
-from bridge.fake_upstream import FakeConfig, FakeUpstream, RunningFake, running
+from bridge.fake_upstream import FakeConfig, FakeUpstream, running
 from bridge.metrics import Metrics
 from bridge.model import Job, NewJob
 from bridge.netpolicy import NetworkPolicy
@@ -51,15 +53,11 @@ class Rig:
     clock: FakeClock
     settings: Settings
     store: Store
-    up: RunningFake
+    fake: FakeUpstream
     rec: Receiver
     metrics: Metrics
     pauses: PauseBoard
     sched: Scheduler = field(init=False)
-
-    @property
-    def fake(self) -> FakeUpstream:
-        return self.up.fake
 
     async def register(self, project: str, token: int, path: str, tenant: str = "alpha") -> Job:
         now = self.clock()
@@ -85,23 +83,32 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp_path: Path, **env: str) -> AsyncIterator[Rig]:
+async def rig(
+    tmp_path: Path, *, other: FakeUpstream | None = None, **env: str
+) -> AsyncIterator[Rig]:
+    """The bridge on one fake serving every project; with ``other``, the projects ``other``
+    serves are its own, the two fakes behind one URL (a fake's clock is all its projects')."""
     clock = FakeClock(start=float(int(time.time())))
+    keys = {SHOP: "sec-shop", STAGING: "sec-staging"}
+    if other is not None:
+        other.clock = clock
+        keys = {k: v for k, v in keys.items() if k not in other.projects}
     config = FakeConfig(
-        public_key=UC_PUBLIC,
-        secret_key=UC_SECRET,
-        extra_keys={SHOP: "sec-shop", STAGING: "sec-staging"},
-        clock=clock,
-        seed=1,
+        public_key=UC_PUBLIC, secret_key=UC_SECRET, extra_keys=keys, clock=clock, seed=1
     )
-    async with running(config, "127.0.0.1", 0) as up, receiver() as rec:
+    async with contextlib.AsyncExitStack() as stack:
+        up = await stack.enter_async_context(running(config, "127.0.0.1", 0))
+        url = up.url
+        if other is not None:
+            url = await stack.enter_async_context(by_key(up.fake, other))
+        rec = await stack.enter_async_context(receiver())
         settings = settings_mod.load(
-            base_env(tmp_path, BRIDGE_UPSTREAM_URL=up.url, **{**PROJECTS, **env})
+            base_env(tmp_path, BRIDGE_UPSTREAM_URL=url, **{**PROJECTS, **env})
         )
         store = await open_store(settings.database)
         metrics = Metrics()
         metrics.add_projects(settings.projects)
-        r = Rig(clock, settings, store, up, rec, metrics, PauseBoard(clock, settings.projects))
+        r = Rig(clock, settings, store, up.fake, rec, metrics, PauseBoard(clock, settings.projects))
         secrets = SecretBook(settings.webhook_secrets, store, clock)
         try:
             async with open_scheduler(
@@ -122,6 +129,38 @@ async def rig(tmp_path: Path, **env: str) -> AsyncIterator[Rig]:
                     await sched.stop(0)
         finally:
             await store.close()
+
+
+@contextlib.asynccontextmanager
+async def by_key(*fakes: FakeUpstream) -> AsyncIterator[str]:
+    """One URL in front of several fakes: each request goes to the fake serving the public
+    key it is signed with, and its answer is stamped (Date, request id) by that fake."""
+    chosen = web.RequestKey("chosen_fake", FakeUpstream)
+
+    def pick(request: web.Request) -> FakeUpstream:
+        _, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        public = credentials.strip().partition(":")[0]
+        request[chosen] = next((f for f in fakes if public in f.projects), fakes[0])
+        return request[chosen]
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        return await pick(request).handle_status(request)
+
+    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+        if chosen in request:
+            await request[chosen].stamp(request, response)
+
+    app = web.Application()
+    app.on_response_prepare.append(stamp)
+    app.router.add_get("/convert/{kind:video|document}/status/{token}/", status)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
@@ -301,3 +340,48 @@ async def test_registration_takes_the_tenants_projects_only(tmp_path: Path) -> N
             "/v1/redeliveries", json={"state": "delivered", "project": "shop"}, headers=auth()
         )
         assert resp.status == 202
+
+
+async def test_a_skewed_clock_pauses_its_project_as_clock_skew_and_the_other_keeps_going(
+    tmp_path: Path,
+) -> None:
+    """Staging's Uploadcare clock is 20 minutes behind this host: it refuses every signed
+    request (401, as past 15 minutes Uploadcare does), and the bridge says clock skew for
+    staging only, with its direction and size, while shop keeps delivering."""
+    staging = FakeUpstream(
+        FakeConfig(public_key=STAGING, secret_key="sec-staging", clock_offset=-1200.0)
+    )
+    async with rig(tmp_path, other=staging) as r:
+        t0 = r.clock()
+        r.fake.add_job("video", token=1, outcome="finished", duration=2.5, project=SHOP)
+        staging.add_job("video", token=2, outcome="finished", duration=0.5)
+        await r.register("shop", 1, "/shop")
+        await r.register("staging", 2, "/staging")
+
+        assert (await r.at(1.0, t0)).polled == 2
+        assert [q.status for q in staging.status_requests()] == [401]
+        assert [q.status for q in r.fake.status_requests(project=SHOP)] == [200]
+        assert r.pauses.paused(r.clock()) == (("staging",), ())
+        skew = r.metrics.registry.get_sample_value(
+            "bridge_upstream_clock_skew_seconds", {"project": "staging"}
+        )
+        assert skew is not None and abs(skew + 1200) <= 1.5
+        shop_skew = r.metrics.registry.get_sample_value(
+            "bridge_upstream_clock_skew_seconds", {"project": "shop"}
+        )
+        assert shop_skew is not None and abs(shop_skew) <= 1.5
+
+        async with api(r) as client:
+            projects = (await (await client.get("/readyz")).json())["upstream"]["projects"]
+        reason = projects["staging"]["reason"]
+        # Date has whole seconds: twenty minutes of skew reads as 1199 to 1201 s.
+        pattern = r"clock skew \(this host is (1199|1200|1201) s ahead of Uploadcare\)"
+        assert re.fullmatch(pattern, reason), reason
+        assert projects["shop"] == {"state": "ok"}
+        assert projects["default"] == {"state": "ok"}
+
+        # Shop keeps polling and delivering; nothing more goes to the paused staging.
+        during = await r.at(3.0, t0)
+        assert (during.polled, during.delivered) == (1, 1)
+        assert r.callbacks()["/shop"]["data"]["project"] == "shop"
+        assert len(staging.status_requests()) == 1
