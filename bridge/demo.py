@@ -8,6 +8,12 @@ package, as a real receiver would. The demo creates conversions through the fake
 and a line per callback, and ends with a summary computed from what happened: the fake's
 request log, the receiver's calls, the job views and ``/metrics``.
 
+With ``--projects N`` the one fake serves N Uploadcare projects (``project_keys(N)``): the
+first is the bridge's ``default`` project, the others ``p2``, ``p3``... Jobs go to the
+projects in turn; each conversion is created with its project's keys (the keys choose the
+project at the fake), registered with its ``project``, and the summary has a line per
+project.
+
 The bridge's JSON logs go to ``bridge.log`` in the temporary directory, not to the terminal;
 the directory is removed after a successful run unless ``--keep`` is given, and kept after a
 failed one.
@@ -50,9 +56,10 @@ from bridge.fake_upstream import (
     FakeConfig,
     RunningFake,
     parse_odds,
+    project_keys,
     running,
 )
-from bridge.settings import Settings
+from bridge.settings import DEFAULT_PROJECT, Settings, project_secret_var
 from bridge.upstream import ACCEPT, Kind, sign
 
 HOST: Final = "127.0.0.1"
@@ -71,6 +78,7 @@ PACING: Final[Mapping[str, str]] = {
     "BRIDGE_CALLBACK_RETRY_SCHEDULE": "250ms,500ms,1s,2s,4s",
     "BRIDGE_SHUTDOWN_GRACE": "2s",
 }
+MAX_PROJECTS: Final = 8
 # How often the progress line is refreshed, and how often it is printed when not on a TTY.
 TICK: Final = 0.2
 PLAIN_EVERY: Final = 2.0
@@ -88,6 +96,24 @@ class Options:
     min_duration: float = 1.0
     max_duration: float = 5.0
     seed: int | None = None
+    projects: int = 1
+
+
+@dataclass(frozen=True)
+class DemoProject:
+    """One Uploadcare project of the demo: its name at the bridge, its keys at the fake."""
+
+    name: str
+    public_key: str
+    secret_key: str = field(repr=False)
+
+
+def demo_projects(count: int) -> list[DemoProject]:
+    """``default`` with the fake's first key pair, then ``p2``, ``p3``... with the next."""
+    return [
+        DemoProject(DEFAULT_PROJECT if n == 1 else f"p{n}", public, secret)
+        for n, (public, secret) in enumerate(project_keys(count).items(), start=1)
+    ]
 
 
 @dataclass(frozen=True)
@@ -98,6 +124,7 @@ class Tracked:
     kind: Kind
     token: int
     job_id: str
+    project: DemoProject
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,7 @@ class Call:
     monotonic: float
     outcome_at: float | None  # the body's "timestamp": when the bridge saw the outcome
     error: str | None = None
+    project: str | None = None
 
 
 # --- Output ------------------------------------------------------------------------------
@@ -171,6 +199,7 @@ class Receiver:
     webhook: Webhook | None = None
     calls: list[Call] = field(default_factory=list)
     observe: Callable[[bytes], object] | None = None  # sees every body first (tests check it)
+    show_project: bool = False  # several projects: each line says the callback's
 
     def verified_by_job(self) -> dict[str, Call]:
         """The first verified call of every job."""
@@ -209,6 +238,7 @@ class Receiver:
             at=arrived,
             monotonic=mono,
             outcome_at=_parse_time(event.get("timestamp")),
+            project=data.get("project"),
         )
         self.calls.append(call)
         if duplicate:
@@ -222,9 +252,10 @@ class Receiver:
         count = len(self.verified_by_job())
         width = len(str(self.total))
         after = f", {_ms(call.at - call.outcome_at)} after the outcome" if call.outcome_at else ""
+        project = f"  (project {call.project})" if self.show_project else ""
         self.display.line(
             f"  [{count:>{width}}/{self.total}] {call.type or '?':<29} token {call.token!s:<9}  "
-            f"{call.job_id}  verified{after}"
+            f"{call.job_id}  verified{after}{project}"
         )
 
 
@@ -271,8 +302,19 @@ async def _serve_bridge(settings: Settings) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def bridge_env(workdir: Path, upstream_url: str, api_key: str) -> dict[str, str]:
-    """The bridge's configuration for the demo, as environment variables."""
+def bridge_env(workdir: Path, upstream_url: str, api_key: str, projects: int = 1) -> dict[str, str]:
+    """The bridge's configuration for the demo, as environment variables.
+
+    With more than one project, the first stays ``default`` (UPLOADCARE_PUBLIC_KEY) and the
+    others come from BRIDGE_UPLOADCARE_PROJECTS, all of them the demo tenant's.
+    """
+    more = demo_projects(projects)[1:]
+    multi: dict[str, str] = {}
+    if more:
+        multi["BRIDGE_UPLOADCARE_PROJECTS"] = ",".join(f"{p.name}:{p.public_key}" for p in more)
+        multi.update((project_secret_var(p.name), p.secret_key) for p in more)
+        names = "+".join([DEFAULT_PROJECT, *(p.name for p in more)])
+        multi["BRIDGE_TENANT_PROJECTS"] = f"{TENANT}:{names}"
     return {
         "BRIDGE_HOST": HOST,
         "BRIDGE_PORT": "0",
@@ -285,6 +327,7 @@ def bridge_env(workdir: Path, upstream_url: str, api_key: str) -> dict[str, str]
         "BRIDGE_CALLBACK_ALLOW_NETWORKS": "127.0.0.0/8",
         # And the only hosts it may call back to: every callback stays on this machine.
         "BRIDGE_CALLBACK_HOSTS": "127.0.0.0/8",
+        **multi,
         **PACING,
     }
 
@@ -292,18 +335,27 @@ def bridge_env(workdir: Path, upstream_url: str, api_key: str) -> dict[str, str]
 # --- Talking to the fake and the bridge --------------------------------------------------
 
 
-async def create_conversion(http: aiohttp.ClientSession, fake_url: str, kind: Kind) -> int:
-    """``POST /convert/{kind}/`` with Uploadcare's signed auth, as a real app would; the token."""
+async def create_conversion(
+    http: aiohttp.ClientSession,
+    fake_url: str,
+    kind: Kind,
+    public_key: str = DEFAULT_PUBLIC_KEY,
+    secret_key: str = DEFAULT_SECRET_KEY,
+) -> int:
+    """``POST /convert/{kind}/`` with Uploadcare's signed auth, as a real app would; the token.
+
+    The keys are the project's: they are what makes the conversion that project's.
+    """
     fmt = "mp4" if kind == "video" else "pdf"
     body = json.dumps({"paths": [f"{uuid.uuid4()}/{kind}/-/format/{fmt}/"], "store": "1"}).encode()
     uri = f"/convert/{kind}/"
     date = formatdate(usegmt=True)
-    signature = sign(DEFAULT_SECRET_KEY, "POST", body, "application/json", date, uri)
+    signature = sign(secret_key, "POST", body, "application/json", date, uri)
     headers = {
         "Accept": ACCEPT,
         "Content-Type": "application/json",
         "Date": date,
-        "Authorization": f"Uploadcare {DEFAULT_PUBLIC_KEY}:{signature}",
+        "Authorization": f"Uploadcare {public_key}:{signature}",
     }
     async with http.post(fake_url + uri, data=body, headers=headers) as resp:
         answer = await resp.json(content_type=None)
@@ -338,15 +390,27 @@ async def _all_jobs(
             return jobs
 
 
-async def _metrics(http: aiohttp.ClientSession, bridge_url: str) -> dict[str, dict[str, float]]:
-    """``/metrics`` samples as {sample name: {the one label's value, or "": value}}."""
+Samples = Mapping[str, list[tuple[dict[str, str], float]]]
+
+
+async def _metrics(http: aiohttp.ClientSession, bridge_url: str) -> Samples:
+    """``/metrics`` samples as {sample name: [(labels, value), ...]}."""
     async with http.get(f"{bridge_url}/metrics") as resp:
         text = await resp.text()
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            label = ",".join(sample.labels.values())
-            out.setdefault(sample.name, {})[label] = sample.value
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def tally(samples: Samples, name: str, by: str, **where: str) -> dict[str, float]:
+    """The samples of ``name`` whose labels match ``where``, summed by the label ``by``."""
+    out: dict[str, float] = {}
+    for labels, value in samples.get(name, []):
+        if all(labels.get(k) == v for k, v in where.items()):
+            key = labels.get(by, "")
+            out[key] = out.get(key, 0.0) + value
     return out
 
 
@@ -393,19 +457,23 @@ async def run_demo(
     display = Display(out)
     api_key = secrets.token_urlsafe(24)
     auth = {"Authorization": f"Bearer {api_key}"}
+    projects = demo_projects(options.projects)
     fake_config = FakeConfig(
+        public_key=projects[0].public_key,
+        secret_key=projects[0].secret_key,
+        extra_keys={p.public_key: p.secret_key for p in projects[1:]},
         min_duration=options.min_duration,
         max_duration=options.max_duration,
         failed_rate=options.failures,
         canceled_rate=0.0,
         seed=options.seed,
     )
-    receiver = Receiver(display, options.jobs, observe=observe)
+    receiver = Receiver(display, options.jobs, observe=observe, show_project=options.projects > 1)
     try:
         async with contextlib.AsyncExitStack() as stack:
             fake = await stack.enter_async_context(running(fake_config, HOST, 0))
             receiver.url = await stack.enter_async_context(_serve_receiver(receiver))
-            settings = settings_mod.load(bridge_env(workdir, fake.url, api_key))
+            settings = settings_mod.load(bridge_env(workdir, fake.url, api_key, options.projects))
             logs.redactor.add(settings.secret_values())
             bridge_url = await stack.enter_async_context(_serve_bridge(settings))
             http = await stack.enter_async_context(
@@ -420,7 +488,7 @@ async def run_demo(
                 "from GET /v1/signing-secrets."
             )
             display.line()
-            return await _drive(display, options, fake, bridge_url, auth, http, receiver)
+            return await _drive(display, options, projects, fake, bridge_url, auth, http, receiver)
     except asyncio.CancelledError:
         display.line("Interrupted: stopped the bridge, the receiver and the fake upstream.")
         raise
@@ -437,6 +505,9 @@ def _intro(
     display.line(f"  bridge         {bridge_url}  (database {workdir / 'bridge.db'})")
     display.line(f"  receiver       {hook}  (verifies callbacks with standardwebhooks)")
     display.line(f"  bridge logs    {workdir / 'bridge.log'}")
+    if options.projects > 1:
+        names = ", ".join(f"{p.name} ({p.public_key})" for p in demo_projects(options.projects))
+        display.line(f"  projects       {names}: one fake serves them all, jobs go to each in turn")
     display.line(
         f"Creating {options.jobs} conversions at the fake (POST /convert/{{kind}}/), "
         "registering each token with POST /v1/jobs..."
@@ -446,6 +517,7 @@ def _intro(
 async def _drive(
     display: Display,
     options: Options,
+    projects: list[DemoProject],
     fake: RunningFake,
     bridge_url: str,
     auth: Mapping[str, str],
@@ -458,12 +530,16 @@ async def _drive(
 
     async def one(n: int) -> None:
         kind: Kind = "document" if n % 3 == 0 else "video"
+        project = projects[(n - 1) % len(projects)]  # round robin
         async with gate:
             try:
-                token = await create_conversion(http, fake.url, kind)
+                token = await create_conversion(
+                    http, fake.url, kind, project.public_key, project.secret_key
+                )
                 body = {
                     "token": token,
                     "kind": kind,
+                    "project": project.name,
                     "callback_url": receiver.url,
                     "metadata": {"demo": n},
                 }
@@ -472,7 +548,7 @@ async def _drive(
                 raise DemoError(
                     f"conversion {n} could not be created and registered: {exc}"
                 ) from None
-        tracked.append(Tracked(n, kind, token, job_id))
+        tracked.append(Tracked(n, kind, token, job_id, project))
         progress.registered += 1
 
     registering = asyncio.create_task(
@@ -499,10 +575,13 @@ async def _drive(
     elapsed = time.monotonic() - progress.started
     metrics = await _metrics(http, bridge_url)
     display.line()
-    for label, value in summary_rows(tracked, jobs, receiver, fake, metrics, elapsed):
+    rows = summary_rows(tracked, jobs, receiver, fake, metrics, elapsed)
+    if len(projects) > 1:
+        rows[3:3] = project_rows(projects, tracked, jobs, fake, metrics)
+    for label, value in rows:
         display.line(f"  {label:<28} {value}")
     display.line()
-    problems = verdict(tracked, jobs, receiver, options)
+    problems = verdict(tracked, jobs, receiver, options, fake)
     if problems:
         for problem in problems:
             display.line(f"FAILED: {problem}")
@@ -550,19 +629,16 @@ def summary_rows(
     jobs: Mapping[str, Mapping[str, Any]],
     receiver: Receiver,
     fake: RunningFake,
-    metrics: Mapping[str, Mapping[str, float]],
+    metrics: Samples,
     elapsed: float,
 ) -> list[tuple[str, str]]:
     """The summary table, from the job views, the fake's request log, the receiver and /metrics."""
     states = Counter(str(j["state"]) for j in jobs.values())
     outcomes = Counter(str(j["outcome"]) for j in jobs.values() if j["outcome"])
-    per_job = [len(fake.fake.status_requests(kind=t.kind, token=t.token)) for t in tracked]
-    codes: dict[str, float] = {}
-    for labels, n in metrics.get("bridge_upstream_requests_total", {}).items():
-        code = labels.split(",")[0]  # "code,project": summed over projects
-        codes[code] = codes.get(code, 0.0) + n
+    per_job = [len(_polls(fake, t)) for t in tracked]
+    codes = tally(metrics, "bridge_upstream_requests_total", "code")  # summed over projects
     attempts = sum(int(j["delivery"]["attempts"]) for j in jobs.values())
-    results = metrics.get("bridge_callback_attempts_total", {})
+    results = tally(metrics, "bridge_callback_attempts_total", "result")
     first = receiver.verified_by_job()
     verified_calls = [c for c in receiver.calls if c.verified]
     duplicates = len(verified_calls) - len(first)
@@ -570,7 +646,7 @@ def summary_rows(
     end_to_end: list[float] = []
     for t in tracked:
         if (call := first.get(t.job_id)) is not None:
-            conversion = fake.fake.job(t.kind, t.token)
+            conversion = fake.fake.job(t.kind, t.token, t.project.public_key)
             # The fake's clock is time.monotonic(), like the receiver's arrival stamp.
             end_to_end.append(call.monotonic - (conversion.created_at + conversion.duration))
     per_job_text = (
@@ -595,11 +671,46 @@ def summary_rows(
     ]
 
 
+def _polls(fake: RunningFake, t: Tracked) -> list[Any]:
+    """The status requests the fake got for this job, signed with its project's keys."""
+    return fake.fake.status_requests(kind=t.kind, token=t.token, project=t.project.public_key)
+
+
+def project_rows(
+    projects: list[DemoProject],
+    tracked: list[Tracked],
+    jobs: Mapping[str, Mapping[str, Any]],
+    fake: RunningFake,
+    metrics: Samples,
+) -> list[tuple[str, str]]:
+    """A line per project: its jobs as the bridge tells them, and the upstream requests the
+    bridge counted for it next to those the fake got signed with that project's keys."""
+    rows = []
+    for project in projects:
+        views = [j for j in jobs.values() if j.get("project") == project.name]
+        states = Counter(str(j["state"]) for j in views)
+        outcomes = Counter(str(j["outcome"]) for j in views if j["outcome"])
+        codes = tally(metrics, "bridge_upstream_requests_total", "code", project=project.name)
+        seen = len(fake.fake.status_requests(project=project.public_key))
+        mine = sum(1 for t in tracked if t.project == project)
+        rows.append(
+            (
+                f"project {project.name}",
+                f"{mine} registered, {_counts(states)}; outcomes {_counts(outcomes)}; "
+                f"upstream requests {int(sum(codes.values()))} "
+                f"({_counts(codes, '{k}: {v}')}), the fake got {seen} signed "
+                f"{project.public_key}",
+            )
+        )
+    return rows
+
+
 def verdict(
     tracked: list[Tracked],
     jobs: Mapping[str, Mapping[str, Any]],
     receiver: Receiver,
     options: Options,
+    fake: RunningFake | None = None,
 ) -> list[str]:
     """What went wrong, one sentence each; empty when every callback arrived verified."""
     problems: list[str] = []
@@ -619,6 +730,13 @@ def verdict(
             f"{len(missing)} of {len(tracked)} callbacks did not arrive verified within "
             f"{options.timeout:g}s: {', '.join(shown)}{more}"
         )
+    if fake is not None:
+        unpolled = [t for t in tracked if t.job_id in first and not _polls(fake, t)]
+        for name in dict.fromkeys(t.project.name for t in unpolled):
+            count = sum(1 for t in unpolled if t.project.name == name)
+            problems.append(
+                f"{count} jobs of project {name} were delivered but never polled with its keys"
+            )
     refused = [c for c in receiver.calls if not c.verified]
     if refused:
         problems.append(f"the receiver refused {len(refused)} callbacks whose signature failed")
@@ -635,6 +753,18 @@ def _count(text: str) -> int:
         value = 0
     if not 1 <= value <= 10_000:
         raise argparse.ArgumentTypeError(f"a number of jobs from 1 to 10000, not {text!r}")
+    return value
+
+
+def _projects(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_PROJECTS:
+        raise argparse.ArgumentTypeError(
+            f"a number of projects from 1 to {MAX_PROJECTS}, not {text!r}"
+        )
     return value
 
 
@@ -662,6 +792,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_seconds,
         default=defaults.timeout,
         help="give up when callbacks have not all arrived by then (default %(default)gs)",
+    )
+    parser.add_argument(
+        "--projects",
+        type=_projects,
+        default=defaults.projects,
+        metavar="N",
+        help="Uploadcare projects the fake serves and the bridge polls; jobs go to each in "
+        "turn (%(default)s)",
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed for the fake")
     parser.add_argument(
@@ -698,7 +836,13 @@ async def _interruptible(options: Options, out: TextIO, workdir: Path) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    options = Options(jobs=args.jobs, failures=args.failures, timeout=args.timeout, seed=args.seed)
+    options = Options(
+        jobs=args.jobs,
+        failures=args.failures,
+        timeout=args.timeout,
+        seed=args.seed,
+        projects=args.projects,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="bridge-demo-"))
     code = 1
     log_file = (workdir / "bridge.log").open("a", encoding="utf-8")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import signal
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from bridge.demo import Options, percentile, run_demo
 from tests import catalog
@@ -73,6 +75,40 @@ async def test_failed_conversions_are_delivered_too(tmp_path: Path) -> None:
     assert len(re.findall(r"\.conversion\.failed ", text)) == 4
 
 
+async def test_two_projects_side_by_side_each_polled_with_its_own_keys(tmp_path: Path) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def observe(body: bytes) -> None:
+        catalog.check(body)
+        bodies.append(json.loads(body))
+
+    out = io.StringIO()
+    options = Options(
+        jobs=6, failures=0.0, min_duration=0.2, max_duration=0.6, timeout=60, projects=2
+    )
+    assert await run_demo(options, out, tmp_path, observe=observe) == 0
+    text = out.getvalue()
+    assert "projects       default (demopublickey), p2 (demopublickey2)" in text
+    # Round robin: three jobs each, every one delivered, its callback naming its project.
+    by_job = {b["data"]["job_id"]: b["data"]["project"] for b in bodies}
+    assert Counter(by_job.values()) == {"default": 3, "p2": 3}
+    assert len(re.findall(r"verified, .* \(project default\)$", text, re.MULTILINE)) == 3
+    assert len(re.findall(r"verified, .* \(project p2\)$", text, re.MULTILINE)) == 3
+    # Each project's line: its jobs, and its upstream requests as the bridge counted them
+    # (bridge_upstream_requests_total{project}) equal to those the fake got with its keys.
+    for name, public in (("default", "demopublickey"), ("p2", "demopublickey2")):
+        line = re.fullmatch(
+            r"3 registered, 3 delivered; outcomes 3 finished; upstream requests (\d+) "
+            rf"\(200: (\d+)\), the fake got (\d+) signed {public}",
+            row(text, f"project {name}"),
+        )
+        assert line, row(text, f"project {name}")
+        total, ok, seen = (int(x) for x in line.groups())
+        assert 3 <= total == ok == seen
+    assert row(text, "jobs") == "6 registered, 6 delivered"
+    assert "OK: all 6 callbacks arrived, each verified" in text
+
+
 async def test_a_callback_that_does_not_verify_fails_the_demo(tmp_path: Path) -> None:
     out = io.StringIO()
     options = Options(jobs=2, failures=0.0, min_duration=0.2, max_duration=0.4, timeout=4)
@@ -132,6 +168,8 @@ async def test_demo_is_listed_and_checks_its_flags() -> None:
     assert code == 2 and "number of jobs" in err
     code, _, err = await run_bridge(["demo", "--failures", "2"], {})
     assert code == 2 and "odds must be between 0 and 1" in err
+    code, _, err = await run_bridge(["demo", "--projects", "9"], {})
+    assert code == 2 and "number of projects from 1 to 8" in err
 
 
 def test_percentile_is_nearest_rank() -> None:
