@@ -1133,6 +1133,29 @@ async def test_secrets_generated_before_rotation_stay_current(tmp_path: Path) ->
 
 
 @pg.needs_postgres
+async def test_the_shared_test_schema_is_emptied_to_what_a_fresh_migration_leaves() -> None:
+    """The PostgreSQL ``store`` shares one migrated schema per test process (tests/pg.py):
+    each test must find it just as a fresh migration leaves a schema, rows and sequences."""
+    async with pg.postgres_store() as dirty:
+        job_id = await delivering(dirty, 5)
+        await dirty.cancel("alpha", job_id, now=T0 + 3)
+        await dirty.set_pause("rejected:video", "video conversion refused (400)", T0 + 9, "video")
+        await dirty.signing_keys("alpha", "v1", generate=lambda: ("whsec_x", None), now=T0)
+        assert dirty.schema is not None
+        assert await pg.fetchval(dirty.schema, "SELECT count(*) FROM jobs") > 0
+    async with pg.postgres_store() as shared, pg.fresh_schema() as name:
+        await (await PostgresStore.open(pg.POSTGRES_URL, schema=name)).close()
+        assert shared.schema is not None
+        emptied, fresh = await pg.contents(shared.schema), await pg.contents(name)
+        # When each migration ran differs; which ran must not.
+        emptied.pop("schema_version"), fresh.pop("schema_version")
+        versions = "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version"
+        assert await pg.fetchval(shared.schema, versions) == await pg.fetchval(name, versions)
+        assert emptied == fresh
+        assert (await reg(shared, job(token=1)))[1] and (await reg(shared, job(token=2)))[1]
+
+
+@pg.needs_postgres
 async def test_replicas_starting_at_once_migrate_once() -> None:
     async with pg.fresh_schema() as schema:
         stores = await asyncio.gather(
