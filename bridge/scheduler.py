@@ -187,6 +187,7 @@ class Scheduler:
         self._in_flight: dict[str, bool] = {}  # job id -> canceled while in flight
         self._claimed_at: dict[str, float] = {}  # job id -> when its callback was claimed
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()  # set when a stop begins
         self._sleeping_until = 0.0  # when the idle loop will look again by itself
         self._short_of_slots = False  # the last look left due work for lack of free slots
         self._stopping = False
@@ -310,6 +311,7 @@ class Scheduler:
         if self._stop_began is None:
             self._stop_began = self.monotonic()
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
 
     async def stop(self, grace: float) -> None:
@@ -353,14 +355,19 @@ class Scheduler:
             except StoreError as exc:
                 log.error("store_unavailable", error=str(exc))
                 busy = False
-                await asyncio.sleep(1.0)
+                await self._back_off(1.0)
             except Exception:
                 log.exception("scheduler_tick_failed")
                 busy = False
-                await asyncio.sleep(1.0)
+                await self._back_off(1.0)
             if busy or self._stopping:
                 continue
             await self._idle()
+
+    async def _back_off(self, seconds: float) -> None:
+        """Wait after a failed look, but not past the start of a stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
 
     async def _idle(self) -> None:
         # Until the sleep is known, any wake counts: a job committed after next_due looked
