@@ -39,7 +39,7 @@ from bridge.settings import Settings
 from bridge.store import Store, open_store
 from bridge.webhooks import SecretBook
 from tests.conftest import FakeClock, base_env
-from tests.harness import Receiver, receiver
+from tests.harness import Receiver, receiver, serving
 
 STUCK = 10.0  # a safety net for a step, not a measure of anything
 # The name the bridge is given for Uploadcare: it resolves nowhere, so only a proxy that
@@ -108,33 +108,17 @@ class Proxy:
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: Any) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
 async def uploadcare() -> AsyncIterator[Uploadcare]:
     up = Uploadcare()
-    async with serving(up.handle) as address:
-        up.url = f"http://{address}"
+    async with serving(up.handle) as up.url:
         yield up
 
 
 @contextlib.asynccontextmanager
 async def forward_proxy(target: str) -> AsyncIterator[Proxy]:
     proxy = Proxy(target)
-    async with aiohttp.ClientSession() as session, serving(proxy.handle) as address:
+    async with aiohttp.ClientSession() as session, serving(proxy.handle) as proxy.url:
         proxy.session = session
-        proxy.url = f"http://{address}"
         yield proxy
 
 
