@@ -2,9 +2,9 @@
 
 Pure bookkeeping on an injected clock, kept by one process (the caps and circuits are
 per process: replicas each keep their own). The scheduler asks ``admit`` before an
-attempt, tells ``finish`` how it went, and passes ``closed_hosts`` and ``full_tenants`` to
-the claim so that due work for a full host or tenant is claimed around, not claimed and
-left sitting.
+attempt, tells ``finish`` how it went, and bounds each claim by ``rooms`` (what each host
+and tenant has left) and the held hosts of ``closed_hosts``, so that due work for a full
+host or tenant is claimed around, not claimed and left sitting.
 
 A host is a callback URL's host and port (``host_key``). Its circuit opens after
 ``FAILURES_TO_OPEN`` consecutive failed attempts (a timeout, a connection error, a 5xx).

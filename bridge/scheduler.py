@@ -221,7 +221,6 @@ class Scheduler:
         # busy receiver that round trip per callback halved delivery throughput).
         self._waiting: dict[str, deque[_Waiting]] = {}
         self._waiting_tenants: dict[str, int] = {}
-        self._waiting_count = 0
         # A waiting callback must start with its attempt's whole timeout left on its lease.
         self._wait_within = settings.lease - settings.callback_timeout
         self._tickets: dict[str, Ticket] = {}  # job id -> its attempt's place at the gate
@@ -446,8 +445,9 @@ class Scheduler:
         """What the delivery claim leaves alone: this process may not start it now."""
         _, held = self.gate.closed_hosts()
         # Each host and tenant may have its cap in flight and as much again waiting here.
-        host_room = self._room(self.gate.rooms()[0], self._waiting_per_host(), self.gate.host_cap)
-        tenant_room = self._room(self.gate.rooms()[1], self._waiting_tenants, self.gate.tenant_cap)
+        hosts_left, tenants_left = self.gate.rooms()
+        host_room = self._room(hosts_left, self._waiting_per_host(), self.gate.host_cap)
+        tenant_room = self._room(tenants_left, self._waiting_tenants, self.gate.tenant_cap)
         return Around(
             tuple(t for t, n in tenant_room if n <= 0),
             tuple(h for h, n in host_room if n <= 0),
@@ -509,7 +509,6 @@ class Scheduler:
             return False
         self._waiting.setdefault(host, deque()).append(_Waiting(d, step, claimed))
         self._waiting_tenants[d.tenant] = self._waiting_tenants.get(d.tenant, 0) + 1
-        self._waiting_count += 1
         return True
 
     def _unwait(self, host: str) -> _Waiting:
@@ -526,7 +525,6 @@ class Scheduler:
             self._waiting_tenants[d.tenant] = n
         else:
             del self._waiting_tenants[d.tenant]
-        self._waiting_count -= 1
 
     def _start_waiting(self) -> None:
         """Start the waiting callbacks the gate now admits; give back those that cannot
@@ -537,7 +535,6 @@ class Scheduler:
             # Nothing new starts: their leases go back with the rest when the stop ends.
             self._waiting.clear()
             self._waiting_tenants.clear()
-            self._waiting_count = 0
             return
         now = self.monotonic()
         back: dict[int, tuple[_Step, list[DeliveryWork]]] = {}
